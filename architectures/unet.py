@@ -1,0 +1,70 @@
+"""The seed's UNet: MobileNetV2 encoder with pix2pix-style transposed-conv decoder.
+
+Built as one flat functional graph (the encoder's layers are applied directly to our input
+tensor) because tfmot refuses a Keras model nested inside another.
+"""
+
+from architectures import ArchSpec, register
+
+# Encoder taps, shallow to deep (strides 2, 4, 8, 16 of the input).
+SKIP_LAYERS = (
+    "block_1_expand_relu",
+    "block_3_expand_relu",
+    "block_6_expand_relu",
+    "block_13_expand_relu",
+)
+DECODER_FILTERS = (128, 64, 32)
+# MobileNetV2 trained from scratch with Keras' default BN momentum (0.999) predicts only the
+# background for epochs; 0.9 lets its running statistics follow the weights.
+BN_MOMENTUM = 0.9
+
+
+def build_unet(config):
+    from exporter.keras import keras
+
+    from architectures.layers import pixel_input, scale_pixels
+
+    opts = config.options
+    inputs = pixel_input(config)
+    x = scale_pixels(inputs, 1.0 / 127.5, -1.0)  # MobileNetV2 expects [-1, 1]
+    encoder = keras.applications.MobileNetV2(
+        input_tensor=x,
+        include_top=False,
+        weights=opts.get("encoder_weights"),
+        alpha=opts["alpha"],
+    )
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+        if opts["freeze_encoder"]:
+            layer.trainable = False
+    skips = [encoder.get_layer(name).output for name in SKIP_LAYERS]
+    x = skips[-1]
+    for i, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
+        x = keras.layers.Conv2DTranspose(
+            filters, 3, strides=2, padding="same", use_bias=False, name=f"up{i}_deconv"
+        )(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"up{i}_relu")(x)
+        x = keras.layers.Concatenate(name=f"up{i}_concat")([x, skip])
+    scores = keras.layers.Conv2DTranspose(
+        config.num_classes, 3, strides=2, padding="same", name="logits"
+    )(x)
+    return keras.Model(inputs, scores, name="unet")
+
+
+register(
+    ArchSpec(
+        name="unet",
+        description="MobileNetV2 encoder + pix2pix decoder (the seed's UNet)",
+        builder=build_unet,
+        labels=("pet", "background", "border"),  # Oxford-IIIT Pet trimap values 1..3
+        input_size=(256, 256),
+        normalisation="x / 127.5 - 1 (MobileNetV2)",
+        output="logits",
+        min_input=32,
+        input_multiple=32,
+        options={"alpha": 1.0, "freeze_encoder": False, "encoder_weights": None},
+        learning_rate=1e-3,
+    )
+)

@@ -1,0 +1,1 @@
+"""Data for training, calibration and validation: sources, checks and sample selection."""
