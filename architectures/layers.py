@@ -32,3 +32,82 @@ class HardSigmoid(keras.layers.Layer):
 
     def call(self, x):
         return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class ResizeBilinear(keras.layers.Layer):
+    """Bilinear resize to a fixed size, with TF1's align-corners geometry as an option.
+
+    Keras' `UpSampling2D`/`Resizing` only do half-pixel centres; this maps to one TFLite
+    RESIZE_BILINEAR with either `align_corners` (TF1 DeepLab at 32k+1 inputs) or
+    `half_pixel_centers` set. The batch dimension stays free.
+    """
+
+    def __init__(self, size, align_corners: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]))
+        self.align_corners = bool(align_corners)
+
+    def call(self, x):
+        return tf.raw_ops.ResizeBilinear(
+            images=x,
+            size=self.size,
+            align_corners=self.align_corners,
+            half_pixel_centers=not self.align_corners,
+        )
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tf.TensorShape(input_shape).as_list()
+        return tf.TensorShape([input_shape[0], *self.size, input_shape[3]])
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "align_corners": self.align_corners}
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class ReduceSum(keras.layers.Layer):
+    """Sum (or mean) over one axis, keeping it: the seed's Lambda(reduce_sum) as a real layer."""
+
+    def __init__(self, axis: int, mean: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = axis
+        self.mean = mean
+
+    def call(self, x):
+        if self.mean:
+            return tf.reduce_mean(x, axis=self.axis, keepdims=True)
+        return tf.reduce_sum(x, axis=self.axis, keepdims=True)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "mean": self.mean}
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class MatMul(keras.layers.Layer):
+    """`scale * (a @ b)` (or `a @ b^T`) over the last two axes; leading axes are batch axes.
+
+    Attention with heads as an axis ([B, heads, N, d] @ [B, heads, d, M]) needs a matmul that
+    keeps both leading axes as batch axes: Keras' `Dot` contracts the batch_dot way, which turns
+    two 4-D operands into a 5-D [B, heads, N, heads, M] result. This layer is one BATCH_MATMUL
+    in TFLite (adj_y for `transpose_b`), followed by one MUL when `scale` is not 1.
+    """
+
+    def __init__(self, transpose_b: bool = False, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.transpose_b = bool(transpose_b)
+        self.scale = float(scale)
+
+    def call(self, inputs):
+        a, b = inputs
+        y = tf.linalg.matmul(a, b, transpose_b=self.transpose_b)
+        if self.scale != 1.0:
+            y = y * self.scale
+        return y
+
+    def compute_output_shape(self, input_shape):
+        a, b = (tf.TensorShape(s) for s in input_shape)
+        cols = b[-2] if self.transpose_b else b[-1]
+        return a[:-1].concatenate([cols])
+
+    def get_config(self):
+        return {**super().get_config(), "transpose_b": self.transpose_b, "scale": self.scale}

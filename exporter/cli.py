@@ -1,0 +1,188 @@
+"""Thin typer commands: parse, call the library, print. Errors become one line in `main`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from exporter.errors import ExporterError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Export segmentation models to small, fast, validated TFLite and ONNX files.")
+
+
+class IO(str, Enum):
+    uint8 = "uint8"
+    int8 = "int8"
+    float = "float"
+
+
+# Options shared by several commands, declared once.
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture name (see `exporter list-models`).")]
+DataOpt = Annotated[str, typer.Option(help="'synthetic', a folder (images/+masks/, Oxford-IIIT Pet or PASCAL VOC "
+                                          "layout), or folder:DIR / pet:DIR / voc:DIR.")]
+OutOpt = Annotated[Path, typer.Option(help="Output folder; files go to OUT/MODEL/.")]
+SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Square input size (default: the model's).")]
+ClassesOpt = Annotated[Optional[int], typer.Option("--classes", help="Number of classes (default: the data's).")]
+EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size.")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the model's).")]
+TrainSamplesOpt = Annotated[int, typer.Option(help="Synthetic training samples to generate.")]
+ValSamplesOpt = Annotated[int, typer.Option(help="Synthetic held-out samples to generate.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+
+_debug = False
+
+
+@app.callback()
+def _root(debug: DebugOpt = False) -> None:
+    global _debug
+    _debug = _debug or debug
+
+
+def _command_line() -> str:
+    return "exporter " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@app.command("list-models")
+def list_models_cmd() -> None:
+    """List the registered architectures."""
+    from architectures import get_spec, list_models
+
+    for name in list_models():
+        spec = get_spec(name)
+        h, w = spec.input_size
+        typer.echo(f"{name:10s} {h}x{w}  {len(spec.labels):2d} classes  {spec.description}")
+
+
+@app.command()
+def train(
+    model: ModelOpt,
+    data: DataOpt = "synthetic",
+    epochs: EpochsOpt = 8,
+    out: OutOpt = Path("runs"),
+    input_size: SizeOpt = None,
+    classes: ClassesOpt = None,
+    batch_size: BatchOpt = 16,
+    lr: LrOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT/MODEL/training.")] = False,
+    encoder_weights: Annotated[Optional[Path], typer.Option(
+        help="Local pretrained encoder weights (e.g. ImageNet MobileNetV2 notop .h5), where the model has an encoder.")] = None,
+    freeze_encoder: Annotated[Optional[bool], typer.Option(
+        "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")] = None,
+    train_samples: TrainSamplesOpt = 400,
+    val_samples: ValSamplesOpt = 100,
+) -> None:
+    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5."""
+    from architectures import build, get_spec, resolve_config
+    from calibration.sources import load_splits
+    from exporter.train import Schedule, train as run_training, training_dir
+
+    options = {}
+    if encoder_weights is not None:
+        if not encoder_weights.is_file():
+            raise ExporterError(f"{encoder_weights}: encoder weights file not found")
+        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": True if freeze_encoder is None else freeze_encoder}
+    elif freeze_encoder:
+        options = {"freeze_encoder": True}
+    config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
+    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
+    config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
+    state = run_training(build(config), config, get_spec(model), splits, out,
+                         Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr), resume=resume, data_spec=data)
+    last = state["history"][-1] if state["history"] else {}
+    typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
+               f"weights in {training_dir(out, model) / 'weights.h5'}")
+
+
+@app.command()
+def convert(
+    model: ModelOpt,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a full-integer int8 TFLite.")] = False,
+    weights: Annotated[Optional[Path], typer.Option(help="Trained weights (Keras .h5) or the model's checkpoint folder. "
+                                                         "Without it the model is trained on --data first.")] = None,
+    data: DataOpt = "synthetic",
+    out: OutOpt = Path("runs"),
+    io: Annotated[IO, typer.Option(help="Input/output type of the int8 file.")] = IO.uint8,
+    calibration_samples: Annotated[int, typer.Option(help="Representative training samples for int8 calibration.")] = 200,
+    input_size: SizeOpt = None,
+    classes: ClassesOpt = None,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write a float32 ONNX file.")] = True,
+    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure latency.")] = True,
+    threads: Annotated[str, typer.Option(help="Thread counts to benchmark, comma-separated.")] = "1,2",
+    epochs: EpochsOpt = 6,
+    batch_size: BatchOpt = 16,
+    lr: LrOpt = None,
+    train_samples: TrainSamplesOpt = 400,
+    val_samples: ValSamplesOpt = 100,
+    strict: Annotated[bool, typer.Option(help="Exit non-zero when an accuracy check fails (for CI gates).")] = False,
+) -> None:
+    """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
+    from exporter.errors import ParityError
+    from exporter.pipeline import ConvertOptions, convert as run_convert
+    from exporter.report import summary_table
+    from exporter.train import Schedule
+
+    try:
+        thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
+    except ValueError:
+        raise ExporterError(f"--threads {threads!r}: expected comma-separated integers such as 1,2") from None
+    report = run_convert(ConvertOptions(
+        model=model, int8=int8, onnx=onnx, weights=weights, data=data, out=out, io=io.value,
+        calibration_samples=calibration_samples, input_size=input_size, classes=classes,
+        threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
+        train_samples=train_samples, val_samples=val_samples, bench=bench, command=_command_line(),
+    ))
+    typer.echo(summary_table(report))
+    for check in report["checks"]:
+        typer.echo(f"{'pass' if check['passed'] else 'FAIL'}  {check['name']}: {check['detail']}")
+    typer.echo(f"report: {out / report['model'] / 'report.md'}")
+    failed = [c for c in report["checks"] if not c["passed"] and c["kind"] == "accuracy"]
+    if strict and failed:
+        raise ParityError(f"{len(failed)} accuracy check(s) failed: {failed[0]['name']} ({failed[0]['detail']})")
+
+
+@app.command()
+def inspect(path: Annotated[Path, typer.Argument(help="A .tflite or .onnx file.")]) -> None:
+    """Print a model file's inputs, outputs and op histogram."""
+    from exporter.inspect import describe_file
+
+    typer.echo(describe_file(path))
+
+
+def main() -> None:
+    """Console entry point: the one place errors are turned into a line and an exit code."""
+    global _debug
+    _debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except ExporterError as exc:
+        if _debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        if _debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(f"error: {exc.__class__.__name__}: {first} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Format converters: one function per format, and a table of what each supports."""

@@ -1,0 +1,37 @@
+"""The export signature: a static batch of 1 of RGB float pixels.
+
+A dynamic batch leaves Shape/StridedSlice/Pack ops around TRANSPOSE_CONV in TFLite and makes
+Dense layers on tokens convert through a float Tensordot path; batch 1 is what apps run.
+"""
+
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "scores"
+
+
+def input_spec(config):
+    from exporter.keras import tf
+
+    h, w = config.input_size
+    return tf.TensorSpec((1, h, w, 3), tf.float32, name=INPUT_NAME)
+
+
+def export_model(model, config):
+    """A batch-1 rebuild of `model` with the same weights (so every reshape sees batch 1)."""
+    import dataclasses
+
+    from architectures import build
+
+    export_config = dataclasses.replace(config, batch_size=1)
+    fixed = build(export_config)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+def concrete_function(model, config):
+    from exporter.keras import tf
+
+    @tf.function(input_signature=[input_spec(config)])
+    def serve(pixels):
+        return {OUTPUT_NAME: model(pixels, training=False)}
+
+    return serve.get_concrete_function()

@@ -1,0 +1,101 @@
+"""TFLite conversion, one recipe per precision.
+
+float32: plain. int8: full-integer (TFLITE_BUILTINS_INT8 only, so a float op left behind fails
+conversion instead of hiding in the file), calibrated on representative training samples,
+uint8 pixels in and uint8 scores out by default (an app hands camera bytes straight in).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+from exporter.convert.signature import concrete_function
+from exporter.errors import ConversionError
+
+IO_TYPES = ("uint8", "int8", "float")
+
+
+def _converter(model, config):
+    from exporter.keras import tf
+
+    fn = concrete_function(model, config)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+    return converter
+
+
+def representative(images: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]]]:
+    def gen():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+
+    return gen
+
+
+def to_tflite(model, config, precision: str, calibration_images: np.ndarray | None = None,
+              io: str = "uint8") -> bytes:
+    from exporter.keras import tf
+
+    converter = _converter(model, config)
+    if precision == "float32":
+        pass
+    elif precision == "int8":
+        if calibration_images is None or not len(calibration_images):
+            raise ConversionError("int8 conversion needs representative samples")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative(calibration_images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io not in IO_TYPES:
+            raise ConversionError(f"unknown --io {io!r}; choose one of {', '.join(IO_TYPES)}")
+        if io != "float":
+            converter.inference_input_type = getattr(tf, io)
+            converter.inference_output_type = getattr(tf, io)
+    else:
+        raise ConversionError(f"precision {precision!r} is not supported yet")
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises many types; the message is what matters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
+
+
+# Ops that legitimately carry float tensors in a full-integer file: the I/O edges.
+_EDGE_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def op_histogram(model_content: bytes) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(op["op_name"] for op in _ops(model_content)))
+
+
+def float_ops(model_content: bytes) -> list[str]:
+    """Ops computing in float inside the file (excluding QUANTIZE/DEQUANTIZE at the edges)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_content,
+                         experimental_op_resolver_type=_no_delegate_resolver())
+    details = {t["index"]: t for t in interp.get_tensor_details()}
+    found = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in _EDGE_OPS:
+            continue
+        tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
+        if any(details[i]["dtype"] == np.float32 for i in tensors if i in details):
+            found.append(op["op_name"])
+    return found
+
+
+def _no_delegate_resolver():
+    from ai_edge_litert.interpreter import OpResolverType
+
+    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+def _ops(model_content: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model_content,
+                         experimental_op_resolver_type=_no_delegate_resolver())
+    return interp._get_ops_details()

@@ -1,0 +1,267 @@
+"""The convert flow: data -> model -> quantise/convert -> validate -> benchmark -> report.
+
+Each stage adds to one report dict; no stage reaches back. Artifacts are written into a staging
+folder and moved into `<out>/<model>/` only when the whole run succeeded, so a failed run leaves
+no partial artifact behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from architectures import ModelConfig, build, get_spec, resolve_config
+from calibration.checks import check_labels
+from calibration.sampling import class_coverage, representative_indices
+from calibration.sources import load_splits
+from exporter import environment
+from exporter.artifacts import artifact_name, write_bytes
+from exporter.errors import DataError, WeightsError
+from exporter.progress import say
+from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training_dir
+
+# Accuracy targets (fractions, not points) every int8 artifact is checked against in the report.
+MIN_INT8_AGREEMENT = 0.998
+MAX_INT8_MIOU_DROP = 0.001
+MAX_INT8_BYTES_PER_WEIGHT = 1.2
+
+
+@dataclasses.dataclass
+class ConvertOptions:
+    model: str
+    int8: bool = True
+    onnx: bool = True
+    weights: Path | None = None
+    data: str = "synthetic"
+    out: Path = Path("runs")
+    io: str = "uint8"
+    calibration_samples: int = 200
+    input_size: int | None = None
+    classes: int | None = None
+    threads: tuple[int, ...] = (1, 2)
+    schedule: Schedule = dataclasses.field(default_factory=Schedule)
+    train_samples: int = 400
+    val_samples: int = 100
+    bench: bool = True
+    command: str = ""
+
+
+def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
+    """Resolve the config, load the data and get a float Keras model (loaded or trained)."""
+    spec = get_spec(opts.model)
+    overrides = {}
+    if opts.weights is not None:
+        if not Path(opts.weights).exists() and spec.config_from_weights is None:
+            raise WeightsError(f"{opts.weights}: weights file not found")
+        if spec.config_from_weights is not None:
+            overrides = spec.config_from_weights(Path(opts.weights))
+    if opts.classes is not None:
+        overrides.setdefault("num_classes", opts.classes)
+    config = resolve_config(opts.model, input_size=opts.input_size, **overrides)
+    splits = splits_loader(opts.data, config.input_size, config.num_classes,
+                           train_samples=opts.train_samples, val_samples=opts.val_samples)
+    if "labels" not in overrides and len(splits.labels) == config.num_classes:
+        # Weights without class names (a Keras .h5) take the data's, as does a model trained here.
+        config = dataclasses.replace(config, labels=splits.labels)
+    for part in (splits.train, splits.val):
+        check_labels(part.masks, config.num_classes, f"data {opts.data} vs model {opts.model}")
+
+    model = build(config)
+    if opts.weights is not None:
+        load_weights(model, Path(opts.weights), config)
+        training = {"summary": f"weights loaded from {opts.weights}"}
+    else:
+        state = cached_state(opts.out, config, opts.data, opts.schedule)
+        weights = training_dir(opts.out, config.name) / WEIGHTS_FILE
+        if state is not None:
+            say(f"reusing the model trained earlier in {weights.parent}")
+            model.load_weights(str(weights))
+        else:
+            say(f"no --weights given: training {config.name} on {opts.data} data first "
+                f"(short schedule: {opts.schedule.epochs} epochs; pass --weights to skip)")
+            state = train(model, config, spec, splits, opts.out, opts.schedule, data_spec=opts.data)
+        last = state["history"][-1] if state["history"] else {}
+        training = {
+            "summary": f"trained here for {state['epochs_done']} epochs on {len(splits.train)} samples "
+                       f"of {splits.train.source}; held-out mIoU after training {last.get('val_miou', float('nan')):.4f}",
+            "history": state["history"],
+            "schedule": state["schedule"],
+            "weights": str(weights),
+        }
+    return spec, config, splits, model, training
+
+
+def load_weights(model, path: Path, config: ModelConfig) -> None:
+    spec = get_spec(config.name)
+    if spec.load_weights is not None:
+        spec.load_weights(model, path, config)
+        return
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot load into {config.name} "
+                           f"({config.num_classes} classes, {config.input_size}): {exc}") from exc
+
+
+def weight_count(model) -> int:
+    """Weights that survive into the file: BatchNorm parameters fold into the convolutions."""
+    from exporter.keras import keras
+
+    return int(sum(np.prod(w.shape) for layer in model.layers
+                   if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights))
+
+
+def convert(opts: ConvertOptions) -> dict:
+    from exporter.convert.onnx import to_onnx
+    from exporter.convert.signature import export_model
+    from exporter.convert.tflite import float_ops, op_histogram, to_tflite
+    from exporter.parity import evaluate
+    from exporter.runtimes import KerasRunner, open_runner
+
+    started = time.time()
+    spec, config, splits, model, training = prepare_model(opts)
+    fixed = export_model(model, config)
+    final_dir = Path(opts.out) / config.name
+    staging = Path(opts.out) / f".{config.name}.staging-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        calib_idx, missing = representative_indices(splits.train, opts.calibration_samples)
+        if missing:
+            say(f"warning: classes absent from calibration samples: {', '.join(missing)}")
+        calib = splits.train.subset(calib_idx)
+
+        artifacts: list[dict] = []
+
+        def add(fmt, precision, method, blob, extra=None):
+            name = artifact_name(config.name, precision, fmt)
+            write_bytes(staging / name, blob)
+            artifacts.append({"file": name, "format": fmt, "precision": precision, "method": method,
+                              "bytes": len(blob), **(extra or {})})
+            say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
+
+        say("converting to TFLite float32")
+        blob = to_tflite(fixed, config, "float32")
+        add("tflite", "float32", "none", blob, {"ops": op_histogram(blob)})
+        if opts.int8:
+            say(f"converting to TFLite int8 (post-training, {len(calib)} calibration samples, {opts.io} I/O)")
+            blob = to_tflite(fixed, config, "int8", calib.images, io=opts.io)
+            add("tflite", "int8", "ptq", blob,
+                {"ops": op_histogram(blob), "float_ops": float_ops(blob), "io": opts.io})
+        if opts.onnx:
+            say("converting to ONNX float32 (tf2onnx)")
+            add("onnx", "float32", "none", to_onnx(fixed, config))
+
+        say(f"validating on {len(splits.val)} held-out samples")
+        val = splits.val
+        ref = evaluate(KerasRunner(fixed), val.images, val.masks, config.num_classes)
+        for art in artifacts:
+            result = evaluate(open_runner(staging / art["file"]), val.images, val.masks, config.num_classes,
+                              reference_preds=ref["preds"],
+                              reference_scores=ref["scores"] if art["precision"] == "float32" else None)
+            art.update(
+                agreement=round(result["agreement"], 6),
+                miou=round(result["miou"], 6),
+                miou_delta=round(result["miou"] - ref["miou"], 6),
+                per_class_iou=_per_class(config.labels, result["per_class_iou"]),
+            )
+            if "max_abs_diff" in result:
+                art["max_abs_diff"] = result["max_abs_diff"]
+
+        bench = {"threads": list(opts.threads), "baseline": artifacts[0]["file"], "runs_per_variant": 0}
+        if opts.bench:
+            from exporter.bench import benchmark
+
+            say(f"benchmarking {len(artifacts)} artifacts at {', '.join(map(str, opts.threads))} thread(s)")
+            latencies = benchmark({a["file"]: staging / a["file"] for a in artifacts}, val.images[:1],
+                                  threads=opts.threads)
+            for art in artifacts:
+                art["latency_ms"] = {str(t): {**v, "threads": t} for t, v in latencies[art["file"]].items()}
+            bench["runs_per_variant"] = next(iter(next(iter(latencies.values())).values()))["runs"]
+
+        weights_n = weight_count(fixed)
+        report = {
+            "model": config.name,
+            "command": opts.command,
+            "input_shape": [1, *config.input_size, 3],
+            "input_dtype": {a["file"]: (a.get("io", "float32") if a["precision"] == "int8" else "float32")
+                            for a in artifacts},
+            "normalisation": spec.normalisation,
+            "output": spec.output,
+            "labels": list(config.labels),
+            "config": config.to_json(),
+            "reference": {
+                "description": f"float32 Keras model (tf_keras), batch 1, {_weights_desc(opts)}",
+                "miou": round(ref["miou"], 6),
+                "per_class_iou": _per_class(config.labels, ref["per_class_iou"]),
+                "parameters": int(fixed.count_params()),
+                "weights_after_bn_folding": weights_n,
+            },
+            "data": {**splits.describe(), "spec": opts.data},
+            "calibration": {
+                "samples": len(calib),
+                "method": "stratified from the training split: every class present first, then random",
+                "missing_classes": missing,
+                "coverage": class_coverage(calib),
+                "train_coverage": class_coverage(splits.train),
+            },
+            "training": training,
+            "environment": environment.describe(),
+            "benchmark": bench,
+            "artifacts": artifacts,
+            "seconds": round(time.time() - started, 1),
+        }
+        report["checks"] = checks(report, weights_n)
+        from exporter.report import write_report
+
+        write_report(report, staging)
+        _publish(staging, final_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return report
+
+
+def checks(report: dict, weights_n: int) -> list[dict]:
+    """The issue's accuracy and size targets, evaluated on this run's measurements."""
+    out = []
+    for art in report["artifacts"]:
+        if art["precision"] != "int8":
+            continue
+        f = art["file"]
+        out.append({"name": f"{f}: agreement >= {100 * MIN_INT8_AGREEMENT:.1f}%", "kind": "accuracy",
+                    "passed": art["agreement"] >= MIN_INT8_AGREEMENT, "detail": f"{100 * art['agreement']:.3f}%"})
+        out.append({"name": f"{f}: mIoU at most {100 * MAX_INT8_MIOU_DROP:.1f} point below float",
+                    "kind": "accuracy", "passed": art["miou_delta"] >= -MAX_INT8_MIOU_DROP,
+                    "detail": f"{100 * art['miou_delta']:+.3f} points"})
+        if "float_ops" in art:
+            out.append({"name": f"{f}: no float op inside", "kind": "accuracy", "passed": not art["float_ops"],
+                        "detail": ", ".join(sorted(set(art["float_ops"]))) or "none"})
+        ratio = art["bytes"] / weights_n
+        out.append({"name": f"{f}: at most {MAX_INT8_BYTES_PER_WEIGHT}× one byte per weight", "kind": "size",
+                    "passed": ratio <= MAX_INT8_BYTES_PER_WEIGHT,
+                    "detail": f"{ratio:.3f} bytes per weight ({weights_n} weights)"})
+    return out
+
+
+def _per_class(labels, iou) -> dict:
+    return {label: (None if np.isnan(v) else round(float(v), 6)) for label, v in zip(labels, iou)}
+
+
+def _weights_desc(opts: ConvertOptions) -> str:
+    return f"weights {opts.weights}" if opts.weights else "trained here on the default data"
+
+
+def _publish(staging: Path, final_dir: Path) -> None:
+    """Move every staged file into place (after the whole run succeeded)."""
+    final_dir.mkdir(parents=True, exist_ok=True)
+    for path in staging.iterdir():
+        os.replace(path, final_dir / path.name)
