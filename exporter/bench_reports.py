@@ -1,0 +1,43 @@
+"""`make bench`: regenerate the committed reports/ for the default models.
+
+Artifacts go to --out (not committed); report.json/.md/.png are copied to reports/<model>/.
+Each entry is the exact command line the report was produced with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# model -> extra convert arguments. UNet runs at 128x128, the tutorial size its targets were
+# measured at; the others at their native input sizes.
+DEFAULT_RUNS = {
+    "unet": ["--input-size", "128"],
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("build/bench"))
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    parser.add_argument("models", nargs="*", default=list(DEFAULT_RUNS))
+    args = parser.parse_args(argv)
+    exporter = str(Path(sys.executable).parent / "exporter")
+    for model in args.models:
+        cmd = [exporter, "convert", "--model", model, "--int8", "--out", str(args.out), *DEFAULT_RUNS.get(model, [])]
+        print("$ " + " ".join(["exporter", *cmd[1:]]), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            print(f"bench: {model} failed", file=sys.stderr)
+            return 1
+        dest = args.reports / model
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "report.md", "report.png"):
+            shutil.copy2(args.out / model / name, dest / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Every registered architecture, at a small size: shapes, export graph, TFLite float and int8.
+
+Parametrised over the registry, so a new architecture is tested without touching this file.
+"""
+
+import numpy as np
+import pytest
+
+from architectures import build, get_spec, list_models, resolve_config
+
+CLASSES = 3
+
+
+def small_config(name, batch_size=None):
+    spec = get_spec(name)
+    size = max(spec.min_input, 64)
+    size = -(-size // spec.input_multiple) * spec.input_multiple
+    return resolve_config(name, input_size=size, num_classes=CLASSES, batch_size=batch_size)
+
+
+def pixels(config, n=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, *config.input_size, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", params=list_models())
+def built(request):
+    from exporter.convert.signature import export_model
+
+    config = small_config(request.param)
+    model = build(config)
+    return config, model, export_model(model, config)
+
+
+def test_output_contract(built):
+    config, model, fixed = built
+    out = np.asarray(fixed(pixels(config)))
+    assert out.shape == (1, *config.input_size, CLASSES)
+    assert np.isfinite(out).all()
+    if get_spec(config.name).output == "softmax":
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-4)
+
+
+def test_batch_one_export_graph_matches_training_graph(built):
+    config, model, fixed = built
+    x = pixels(config, n=2, seed=1)
+    batched = np.asarray(model(x, training=False))
+    for i in range(2):
+        single = np.asarray(fixed(x[i : i + 1], training=False))[0]
+        np.testing.assert_allclose(single, batched[i], rtol=1e-4, atol=1e-4)
+
+
+def test_float32_tflite_matches_keras(built):
+    from exporter.convert.tflite import to_tflite
+    from exporter.runtimes import LiteRTRunner
+
+    config, _, fixed = built
+    blob = to_tflite(fixed, config, "float32")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.tflite"
+        path.write_bytes(blob)
+        x = pixels(config, seed=2)
+        got = LiteRTRunner(path, threads=1).predict(x.astype(np.uint8))
+    want = np.asarray(fixed(x))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+def test_int8_tflite_is_fully_integer(built):
+    from exporter.convert.tflite import float_ops, to_tflite
+    from ai_edge_litert.interpreter import Interpreter
+
+    config, _, fixed = built
+    blob = to_tflite(fixed, config, "int8", pixels(config, n=8, seed=3).astype(np.uint8))
+    assert float_ops(blob) == []
+    interp = Interpreter(model_content=blob)
+    assert interp.get_input_details()[0]["dtype"] == np.uint8
+    assert interp.get_output_details()[0]["dtype"] == np.uint8
+    assert list(interp.get_input_details()[0]["shape"]) == [1, *config.input_size, 3]

@@ -1,0 +1,70 @@
+"""The whole slice for real: train on synthetic data, convert, validate, benchmark, report."""
+
+import json
+
+import numpy as np
+import pytest
+
+from exporter.pipeline import ConvertOptions, convert
+from exporter.train import Schedule
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = {"model", "input_shape", "labels", "reference", "data", "environment", "artifacts"}
+ARTIFACT_KEYS = {"file", "format", "precision", "method", "bytes", "latency_ms", "agreement", "miou",
+                 "miou_delta", "per_class_iou"}
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    opts = ConvertOptions(model="unet", int8=True, out=out, input_size=64, threads=(1,),
+                          schedule=Schedule(epochs=4, batch_size=16), train_samples=240, val_samples=40,
+                          calibration_samples=64, command="pytest")
+    return out, opts, convert(opts)
+
+
+def test_artifacts_follow_the_contract(unet_run):
+    out, _, report = unet_run
+    folder = out / "unet"
+    names = {p.name for p in folder.iterdir()}
+    assert {"unet_float32.tflite", "unet_int8.tflite", "unet_float32.onnx", "report.json", "report.md",
+            "report.png"} <= names
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    on_disk = json.loads((folder / "report.json").read_text())
+    assert REPORT_KEYS <= set(on_disk)
+    for art in on_disk["artifacts"]:
+        assert ARTIFACT_KEYS <= set(art)
+        assert art["bytes"] == (folder / art["file"]).stat().st_size
+        assert art["latency_ms"]["1"]["median"] > 0 and art["latency_ms"]["1"]["runs"] >= 20
+    assert "| unet_int8.tflite | int8 | ptq |" in (folder / "report.md").read_text()
+
+
+def test_trained_model_is_meaningful_and_int8_keeps_parity(unet_run):
+    _, _, report = unet_run
+    assert report["reference"]["miou"] > 0.6, report["training"]["history"]
+    by_precision = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    for key in [("tflite", "float32"), ("onnx", "float32")]:
+        assert by_precision[key]["agreement"] >= 0.999
+        assert by_precision[key]["max_abs_diff"] < 1e-2
+    int8 = by_precision[("tflite", "int8")]
+    assert int8["float_ops"] == []
+    assert int8["agreement"] >= 0.99
+    assert int8["miou_delta"] > -0.01
+    assert int8["bytes"] < 0.4 * by_precision[("tflite", "float32")]["bytes"]
+
+
+def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
+    out, opts, first = unet_run
+    capfd.readouterr()
+    second = convert(ConvertOptions(**{**opts.__dict__, "int8": False, "onnx": False, "bench": False}))
+    assert "reusing the model trained earlier" in capfd.readouterr().err
+    assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
+
+
+def test_strict_cli_gate_and_inspect(unet_run, run_cli):
+    out, _, _ = unet_run
+    result = run_cli("inspect", str(out / "unet" / "unet_int8.tflite"))
+    assert result.returncode == 0, result.stderr
+    assert "input: pixels" in result.stdout or "input:" in result.stdout
+    assert "uint8" in result.stdout and "float ops inside: none" in result.stdout

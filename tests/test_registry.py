@@ -1,0 +1,33 @@
+import pytest
+
+from architectures import get_spec, list_models, resolve_config
+from exporter.errors import UnknownModelError
+
+
+def test_registry_lists_unet_and_specs_are_complete():
+    names = list_models()
+    assert "unet" in names
+    for name in names:
+        spec = get_spec(name)
+        assert spec.name == name
+        assert len(spec.labels) >= 2 and len(set(spec.labels)) == len(spec.labels)
+        assert spec.output in ("logits", "softmax")
+        h, w = spec.input_size
+        assert h % spec.input_multiple == 0 and w % spec.input_multiple == 0
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UnknownModelError) as err:
+        get_spec("resnet")
+    for name in list_models():
+        assert name in str(err.value)
+
+
+def test_resolve_config_overrides():
+    cfg = resolve_config("unet", input_size=64, num_classes=5)
+    assert cfg.input_size == (64, 64) and cfg.num_classes == 5
+    assert cfg.labels[:3] == get_spec("unet").labels and cfg.labels[3:] == ("class_3", "class_4")
+    cfg = resolve_config("unet", labels=["a", "b"])
+    assert cfg.labels == ("a", "b") and cfg.input_size == get_spec("unet").input_size
+    with pytest.raises(ValueError, match="no option"):
+        resolve_config("unet", not_an_option=1)
