@@ -103,7 +103,10 @@ def train(
 @app.command()
 def convert(
     model: ModelOpt,
-    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write a full-integer int8 TFLite.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write full-integer int8 TFLite (and QDQ ONNX).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write a float16-weight TFLite (for GPU delegates).")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also write a dynamic-range TFLite (int8 weights).")] = False,
+    int16x8: Annotated[bool, typer.Option("--int16x8", help="Also write an int16-activation, int8-weight TFLite.")] = False,
     weights: Annotated[Optional[Path], typer.Option(help="Trained weights (Keras .h5) or the model's checkpoint folder. "
                                                          "Without it the model is trained on --data first.")] = None,
     data: DataOpt = "synthetic",
@@ -133,7 +136,9 @@ def convert(
     except ValueError:
         raise ExporterError(f"--threads {threads!r}: expected comma-separated integers such as 1,2") from None
     report = run_convert(ConvertOptions(
-        model=model, int8=int8, onnx=onnx, weights=weights, data=data, out=out, io=io.value,
+        model=model, onnx=onnx,
+        precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
+                                          ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value,
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, command=_command_line(),

@@ -34,7 +34,7 @@ def _describe_tflite(path: Path) -> str:
         for d in details:
             q = d["quantization"]
             quant = f", scale {q[0]:.6g}, zero point {q[1]}" if q[0] else ""
-            lines.append(f"  {kind}: {d['name']} {list(d['shape'])} {d['dtype'].__name__}{quant}")
+            lines.append(f"  {kind}: {d['name']} {[int(v) for v in d['shape']]} {d['dtype'].__name__}{quant}")
     hist = op_histogram(blob)
     lines.append("  ops: " + ", ".join(f"{k}×{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
     fl = float_ops(blob)

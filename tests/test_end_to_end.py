@@ -18,7 +18,7 @@ ARTIFACT_KEYS = {"file", "format", "precision", "method", "bytes", "latency_ms",
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    opts = ConvertOptions(model="unet", int8=True, out=out, input_size=64, threads=(1,),
+    opts = ConvertOptions(model="unet", precisions=("float32", "int8"), out=out, input_size=64, threads=(1,),
                           schedule=Schedule(epochs=4, batch_size=16), train_samples=240, val_samples=40,
                           calibration_samples=64, command="pytest")
     return out, opts, convert(opts)
@@ -28,7 +28,7 @@ def test_artifacts_follow_the_contract(unet_run):
     out, _, report = unet_run
     folder = out / "unet"
     names = {p.name for p in folder.iterdir()}
-    assert {"unet_float32.tflite", "unet_int8.tflite", "unet_float32.onnx", "report.json", "report.md",
+    assert {"unet_float32.tflite", "unet_int8.tflite", "unet_float32.onnx", "unet_int8.onnx", "report.json", "report.md",
             "report.png"} <= names
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
     on_disk = json.loads((folder / "report.json").read_text())
@@ -52,12 +52,14 @@ def test_trained_model_is_meaningful_and_int8_keeps_parity(unet_run):
     assert int8["agreement"] >= 0.99
     assert int8["miou_delta"] > -0.01
     assert int8["bytes"] < 0.4 * by_precision[("tflite", "float32")]["bytes"]
+    onnx_int8 = by_precision[("onnx", "int8")]
+    assert onnx_int8["agreement"] >= 0.98 and onnx_int8["bytes"] < 0.4 * by_precision[("onnx", "float32")]["bytes"]
 
 
 def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
     out, opts, first = unet_run
     capfd.readouterr()
-    second = convert(ConvertOptions(**{**opts.__dict__, "int8": False, "onnx": False, "bench": False}))
+    second = convert(ConvertOptions(**{**opts.__dict__, "precisions": ("float32",), "onnx": False, "bench": False}))
     assert "reusing the model trained earlier" in capfd.readouterr().err
     assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
 

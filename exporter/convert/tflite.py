@@ -33,26 +33,46 @@ def representative(images: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]
     return gen
 
 
+# What each precision stores and computes in; a recipe per precision below.
+PRECISION_NOTES = {
+    "float32": "float32 weights and activations",
+    "float16": "float16 weights, float32 compute on CPU (the GPU delegate's preferred input)",
+    "dynamic": "int8 weights, float activations (dynamic-range quantisation)",
+    "int8": "full-integer: int8 weights and activations",
+    "int16x8": "int8 weights, int16 activations",
+}
+# Precisions whose conversion needs representative samples.
+CALIBRATED = {"int8", "int16x8"}
+
+
 def to_tflite(model, config, precision: str, calibration_images: np.ndarray | None = None,
               io: str = "uint8") -> bytes:
+    """Convert a batch-1 Keras model at one precision (float I/O except for int8's `io`)."""
     from exporter.keras import tf
 
     converter = _converter(model, config)
-    if precision == "float32":
-        pass
-    elif precision == "int8":
+    if precision in CALIBRATED:
         if calibration_images is None or not len(calibration_images):
-            raise ConversionError("int8 conversion needs representative samples")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            raise ConversionError(f"{precision} conversion needs representative samples")
         converter.representative_dataset = representative(calibration_images)
+    if precision != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        # Only integer kernels allowed: a float op left behind fails here instead of hiding.
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if io not in IO_TYPES:
             raise ConversionError(f"unknown --io {io!r}; choose one of {', '.join(IO_TYPES)}")
         if io != "float":
             converter.inference_input_type = getattr(tf, io)
             converter.inference_output_type = getattr(tf, io)
-    else:
-        raise ConversionError(f"precision {precision!r} is not supported yet")
+    elif precision == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
+    elif precision not in ("float32", "dynamic"):
+        raise ConversionError(f"unknown precision {precision!r}")
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises many types; the message is what matters
