@@ -5,9 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= runs
 
-.PHONY: setup demo test test-fast bench lint clean
+MP_VENV := .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.installed
 
-setup: $(STAMP)
+.PHONY: setup mediapipe-env demo test test-fast bench lint clean
+
+setup: $(STAMP) $(MP_STAMP)
+
+mediapipe-env: $(MP_STAMP)
 
 # Reinstalls only when the project's declared dependencies change.
 $(STAMP): pyproject.toml
@@ -16,6 +21,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# MediaPipe Tasks, the real mobile client the tests load every exported .tflite with
+# (tests/mediapipe_client.py), in its own environment: mediapipe pins absl-py~=2.3 and tfmot
+# (in .venv) absl-py~=1.2. Reinstalls only when requirements-mediapipe.txt changes.
+$(MP_STAMP): requirements-mediapipe.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(MP_VENV)/bin/python || $(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MP_VENV)/bin/python -m pip install --quiet -r requirements-mediapipe.txt
+	touch $(MP_STAMP)
 
 demo: setup
 	$(BIN)/exporter convert --model unet --int8 --input-size 128 --out $(OUT)
@@ -31,7 +46,7 @@ bench: setup
 	$(BIN)/python -m exporter.bench_reports --out build/bench --reports reports
 
 lint: setup
-	$(BIN)/python -m pyflakes exporter architectures calibration tests 2>/dev/null || true
+	$(BIN)/python -m ruff check exporter architectures calibration tests
 
 clean:
 	rm -rf build $(OUT) .pytest_cache

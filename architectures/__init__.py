@@ -131,7 +131,7 @@ def build(config: ModelConfig):
 
 
 # Modules of this package that hold shared code rather than an architecture.
-_NOT_ARCHITECTURES = {"layers"}
+_NOT_ARCHITECTURES = {"layers", "subpixel"}
 
 
 def _load_all() -> None:

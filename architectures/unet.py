@@ -39,17 +39,24 @@ def build_unet(config):
         if opts["freeze_encoder"]:
             layer.trainable = False
     skips = [encoder.get_layer(name).output for name in SKIP_LAYERS]
+    # Same weights either way; "subpixel" computes each transposed conv as CONV_2D +
+    # DEPTH_TO_SPACE (architectures/subpixel.py), the faster form in int8 and on GPU delegates.
+    if opts["deconv"] == "subpixel":
+        from architectures.subpixel import SubpixelConv2DTranspose as Deconv
+
+        def deconv(filters, name, use_bias):
+            return Deconv(filters, 3, 2, use_bias=use_bias, name=name)
+    else:
+        def deconv(filters, name, use_bias):
+            return keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=use_bias, name=name)
+
     x = skips[-1]
     for i, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
-        x = keras.layers.Conv2DTranspose(
-            filters, 3, strides=2, padding="same", use_bias=False, name=f"up{i}_deconv"
-        )(x)
+        x = deconv(filters, f"up{i}_deconv", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
         x = keras.layers.ReLU(name=f"up{i}_relu")(x)
         x = keras.layers.Concatenate(name=f"up{i}_concat")([x, skip])
-    scores = keras.layers.Conv2DTranspose(
-        config.num_classes, 3, strides=2, padding="same", name="logits"
-    )(x)
+    scores = deconv(config.num_classes, "logits", use_bias=True)(x)
     return keras.Model(inputs, scores, name="unet")
 
 
@@ -64,7 +71,7 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"alpha": 1.0, "freeze_encoder": False, "encoder_weights": None},
+        options={"alpha": 1.0, "freeze_encoder": False, "encoder_weights": None, "deconv": "transpose"},
         learning_rate=1e-3,
     )
 )

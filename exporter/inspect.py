@@ -39,6 +39,9 @@ def _describe_tflite(path: Path) -> str:
     lines.append("  ops: " + ", ".join(f"{k}×{v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])))
     fl = float_ops(blob)
     lines.append(f"  float ops inside: {', '.join(sorted(set(fl))) if fl else 'none'}")
+    from exporter.metadata import describe_metadata
+
+    lines += describe_metadata(blob)
     return "\n".join(lines)
 
 

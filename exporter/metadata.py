@@ -64,12 +64,15 @@ def activation_for(output: str) -> str:
 def add_segmenter_metadata(model_content: bytes, *, name: str, description: str, labels: Sequence[str],
                            mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0,
                            output_activation: str = "NONE", version: str = "",
-                           author: str | None = None, license: str | None = None) -> bytes:
+                           author: str | None = None, license: str | None = None,
+                           check: bool = True) -> bytes:
     """Return `model_content` with image-segmenter metadata and its labels file packed in.
 
     Replaces metadata and associated files the model already had. `mean`/`std` are the
     normalisation an app applies to 0..255 RGB pixels before the model (one value, or one per
     channel); `output_activation` is what MediaPipe applies to the scores (see module doc).
+    With `check`, a model MediaPipe would refuse or feed wrongly (`mediapipe_problems`) raises
+    ValueError instead of getting metadata that claims otherwise.
     """
     from exporter.metadata_schema import image_segmenter_metadata_schema_generated as seg_fb
     from exporter.metadata_schema import metadata_schema_generated as md_fb
@@ -90,6 +93,9 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
 
     model = _model_object(model_content)
     io_types = _check_segmenter_io(model, len(labels), len(mean))
+    problems = _mediapipe_problems(model) if check else []
+    if problems:
+        raise ValueError("; ".join(problems))
 
     # Input: an RGB image, its normalisation, and the value range the tensor sees.
     image = md_fb.TensorMetadataT()
@@ -210,11 +216,16 @@ def read_metadata(model_content: bytes) -> dict | None:
     return out
 
 
+def mediapipe_problems(model_content: bytes) -> list[str]:
+    """Why MediaPipe's ImageSegmenter would refuse this file or feed it the wrong values ([] if none)."""
+    return _mediapipe_problems(_model_object(model_content))
+
+
 def describe_metadata(model_content: bytes) -> list[str]:
     """Lines for `exporter inspect`: what an app's MediaPipe ImageSegmenter will read."""
     meta = read_metadata(model_content)
     if meta is None:
-        return ["metadata: none (MediaPipe ImageSegmenter needs NormalizationOptions for a float input)"]
+        return ["metadata: none (MediaPipe's ImageSegmenter refuses a float input without NormalizationOptions)"]
     norm = meta["normalisation"]
     lines = [f"metadata: {meta['name']}" + (f" v{meta['version']}" if meta["version"] else "")
              + f" (parser >= {meta['min_parser_version']})"]
@@ -224,6 +235,8 @@ def describe_metadata(model_content: bytes) -> list[str]:
                  + (f"mean {norm['mean']} std {norm['std']}" if norm else "none"))
     lines.append(f"  labels ({meta['labels_file'] or 'no labels file'}): {', '.join(meta['labels']) or '-'}")
     lines.append(f"  output activation applied by MediaPipe: {meta['activation']}")
+    problems = mediapipe_problems(model_content)
+    lines.append("  MediaPipe ImageSegmenter: " + ("; ".join(problems) if problems else "ready"))
     return lines
 
 
@@ -265,6 +278,29 @@ def _check_segmenter_io(model, num_labels: int, channels_of_norm: int) -> dict:
                          f"for {num_labels} labels")
     names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     return {"input": names.get(inp.type, str(inp.type)), "output": names.get(out.type, str(out.type))}
+
+
+def _mediapipe_problems(model) -> list[str]:
+    schema = _schema()
+    graph = model.subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    problems = []
+    if tensor.type not in (schema.TensorType.UINT8, schema.TensorType.FLOAT32):
+        # "Type mismatch for input tensor ...: Requested one of these types: uint8/float32, got INT8."
+        problems.append(f"MediaPipe takes a uint8 or float32 input, this model's is "
+                        f"{_enum_name(schema.TensorType, tensor.type).lower()}")
+    elif tensor.type == schema.TensorType.UINT8:
+        q = tensor.quantization
+        scale = [] if q is None or q.scale is None else [float(v) for v in q.scale]
+        zero = [] if q is None or q.zeroPoint is None else [int(v) for v in q.zeroPoint]
+        if scale and (abs(scale[0] - 1.0) > 1e-6 or (zero and zero[0] != 0)):
+            # MediaPipe (like a camera app) hands the raw 0..255 bytes in; the graph reads them as
+            # (byte - zero_point) * scale, i.e. not the pixels it was calibrated for.
+            problems.append(f"the uint8 input is quantised with scale {scale[0]:.6g}, zero point "
+                            f"{zero[0] if zero else 0}, not 1 and 0: MediaPipe feeds raw pixels, so the "
+                            f"model would see them rescaled (calibrate over the full 0..255 range, or "
+                            f"set the input tensor's quantisation to scale 1, zero point 0)")
+    return problems
 
 
 def _pack_model(model, metadata_buffer: bytes, files: dict[str, bytes]) -> bytes:

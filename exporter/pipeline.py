@@ -19,6 +19,7 @@ from architectures import ModelConfig, build, get_spec, resolve_config
 from calibration.checks import check_labels
 from calibration.sampling import class_coverage, representative_indices
 from calibration.sources import load_splits
+import exporter
 from exporter import environment
 from exporter.artifacts import PRECISIONS, artifact_name, write_bytes
 from exporter.errors import DataError, WeightsError
@@ -122,6 +123,7 @@ def convert(opts: ConvertOptions) -> dict:
     from exporter.convert.onnx import quantise_onnx, to_onnx
     from exporter.convert.signature import INPUT_NAME, export_model
     from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite
+    from exporter.metadata import activation_for, add_segmenter_metadata, mediapipe_problems
     from exporter.parity import evaluate
     from exporter.runtimes import KerasRunner, open_runner
 
@@ -153,7 +155,15 @@ def convert(opts: ConvertOptions) -> dict:
             say(f"converting to TFLite {precision}" + (
                 f" (post-training, {len(calib)} calibration samples)" if precision in CALIBRATED else ""))
             blob = to_tflite(fixed, config, precision, calib.images, io=opts.io)
-            extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob)}
+            # Metadata MediaPipe Tasks' ImageSegmenter reads: labels, normalisation, activation.
+            problems = mediapipe_problems(blob)
+            blob = add_segmenter_metadata(
+                blob, name=config.name, description=spec.description, labels=list(config.labels),
+                mean=0.0, std=1.0, output_activation=activation_for(spec.output),
+                version=exporter.__version__, check=False)
+            if problems:
+                say(f"warning: {precision}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
+            extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems}
             if precision == "int8":
                 extra["io"] = opts.io
             add("tflite", precision, "none" if precision == "float32" else "ptq", blob, extra)

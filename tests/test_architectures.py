@@ -73,9 +73,12 @@ def test_int8_tflite_is_fully_integer(built):
     from ai_edge_litert.interpreter import Interpreter
 
     config, _, fixed = built
-    blob = to_tflite(fixed, config, "int8", pixels(config, n=8, seed=3).astype(np.uint8))
+    # Calibration images that do not span 0..255: the uint8 input must still be the raw pixel.
+    calib = np.clip(pixels(config, n=8, seed=3), 20, 230).astype(np.uint8)
+    blob = to_tflite(fixed, config, "int8", calib)
     assert float_ops(blob) == []
     interp = Interpreter(model_content=blob)
     assert interp.get_input_details()[0]["dtype"] == np.uint8
     assert interp.get_output_details()[0]["dtype"] == np.uint8
     assert list(interp.get_input_details()[0]["shape"]) == [1, *config.input_size, 3]
+    assert interp.get_input_details()[0]["quantization"] == (1.0, 0)

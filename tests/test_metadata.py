@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from exporter.metadata import (LABELS_FILE, activation_for, add_segmenter_metadata, describe_metadata,
-                               read_metadata)
+                               mediapipe_problems, read_metadata)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = ROOT / "tests" / "mediapipe_client.py"
@@ -136,6 +136,37 @@ def test_bad_arguments_are_refused(exported):
         add_segmenter_metadata(plain, **{**args, "mean": [0, 0, 0], "std": [1]})
     with pytest.raises(ValueError, match="TFL3"):
         add_segmenter_metadata(b"not a model at all", **args)
+
+
+def with_input(blob: bytes, **changes) -> bytes:
+    """The model with its input tensor's type or quantisation changed (never run, only checked)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(blob), 0))
+    tensor = model.subgraphs[0].tensors[model.subgraphs[0].inputs[0]]
+    if "type" in changes:
+        tensor.type = getattr(schema.TensorType, changes["type"])
+    if "scale" in changes:
+        tensor.quantization.scale = np.array([changes["scale"]], np.float32)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_files_mediapipe_would_misread_are_refused(exported):
+    _, args, files = exported
+    plain, with_md = files["int8"]
+    assert mediapipe_problems(plain) == [] and "MediaPipe ImageSegmenter: ready" in describe_metadata(with_md)[-1]
+    # A uint8 input calibrated on less than the full 0..255 range: MediaPipe's raw pixels would be
+    # read rescaled (measured: 79% agreement with LiteRT for a scale of 0.90).
+    rescaled = with_input(plain, scale=0.9019608)
+    with pytest.raises(ValueError, match="scale 0.901961"):
+        add_segmenter_metadata(rescaled, **args)
+    assert read_metadata(add_segmenter_metadata(rescaled, **args, check=False))["labels"] == args["labels"]
+    # --io int8: "Requested one of these types: uint8/float32, got INT8."
+    with pytest.raises(ValueError, match="uint8 or float32 input"):
+        add_segmenter_metadata(with_input(plain, type="INT8"), **args)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

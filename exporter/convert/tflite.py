@@ -74,10 +74,41 @@ def to_tflite(model, config, precision: str, calibration_images: np.ndarray | No
     elif precision not in ("float32", "dynamic"):
         raise ConversionError(f"unknown precision {precision!r}")
     try:
-        return converter.convert()
+        blob = converter.convert()
     except Exception as exc:  # the converter raises many types; the message is what matters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
+    if precision == "int8" and io == "uint8":
+        blob = _pixels_in_as_bytes(blob)
+    return blob
+
+
+def _pixels_in_as_bytes(model_content: bytes) -> bytes:
+    """Give a uint8 input scale 1 and zero point 0, so the byte an app hands in is the pixel.
+
+    The converter derives the input's scale from the calibration images' range: one that does not
+    span exactly 0..255 gets a scale other than 1, and an app feeding camera bytes (MediaPipe does)
+    would then feed rescaled pixels. The QUANTIZE op after the input requantises to the calibrated
+    int8 parameters, so only pixels outside the calibrated range saturate, as they did before.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(model_content), 0))
+    graph = model.subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    if tensor.type != schema.TensorType.UINT8 or tensor.quantization is None:
+        return model_content
+    consumers = {max(model.operatorCodes[op.opcodeIndex].builtinCode,
+                     model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+                 for op in graph.operators if graph.inputs[0] in list(op.inputs)}
+    if consumers != {schema.BuiltinOperator.QUANTIZE}:
+        return model_content
+    tensor.quantization.scale = np.array([1.0], np.float32)
+    tensor.quantization.zeroPoint = np.array([0], np.int64)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output())
 
 
 # Ops that legitimately carry float tensors in a full-integer file: the I/O edges.

@@ -1,0 +1,83 @@
+"""A transposed convolution computed as a sub-pixel convolution: PAD + CONV_2D + DEPTH_TO_SPACE.
+
+Same weights (kernel [kh, kw, filters, in], bias) and the same function as Keras'
+Conv2DTranspose with padding="same", so a trained model's weights load unchanged; only the ops
+differ. Each of the stride² output phases is a small dense convolution over the input, which
+int8 and GPU kernels run as a plain GEMM, where TRANSPOSE_CONV has slower kernels and op
+versions that mobile GPU delegates reject.
+
+Output pixel o = s*i + k - p receives input i through tap k (p = (k - s) // 2, TF's "same"),
+so phase r = o mod s reads input offsets d = (r + p - k) / s for the taps with (r + p - k)
+divisible by s; the phases' kernels are stacked on the channel axis and DEPTH_TO_SPACE
+interleaves them back into the full-resolution image.
+"""
+
+from exporter.keras import keras, tf
+
+
+def _phase_taps(kernel: int, stride: int):
+    pad = max(kernel - stride, 0) // 2
+    taps = [[(k, (r + pad - k) // stride) for k in range(kernel) if (r + pad - k) % stride == 0]
+            for r in range(stride)]
+    offsets = [d for phase in taps for _, d in phase]
+    return taps, min(offsets), max(offsets)
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class SubpixelConv2DTranspose(keras.layers.Layer):
+    def __init__(self, filters, kernel_size, strides, use_bias=True, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size if isinstance(kernel_size, int) else kernel_size[0])
+        self.strides = int(strides if isinstance(strides, int) else strides[0])
+        if self.strides < 2:
+            raise ValueError("a sub-pixel transposed convolution needs a stride of at least 2")
+        self.use_bias = bool(use_bias)
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        k, c_in = self.kernel_size, int(input_shape[-1])
+        self.kernel = self.add_weight("kernel", (k, k, self.filters, c_in), initializer="glorot_uniform")
+        self.bias = self.add_weight("bias", (self.filters,), initializer="zeros") if self.use_bias else None
+        super().build(input_shape)
+
+    def _phase_kernel(self):
+        s, k, f = self.strides, self.kernel_size, self.filters
+        taps, lo, hi = _phase_taps(k, s)
+        size = hi - lo + 1
+        c_in = self.kernel.shape[-1]
+        # [size, size, in, s, s, filters] assembled from the transposed-conv taps.
+        blocks = {}
+        for ry in range(s):
+            for rx in range(s):
+                for ky, dy in taps[ry]:
+                    for kx, dx in taps[rx]:
+                        blocks[(dy - lo, dx - lo, ry, rx)] = tf.transpose(self.kernel[ky, kx])  # [in, f]
+        zero = tf.zeros((c_in, f), self.kernel.dtype)
+        rows = []
+        for y in range(size):
+            cols = []
+            for x in range(size):
+                # DEPTH_TO_SPACE takes channels in (row phase, column phase, filter) order.
+                cols.append(tf.concat([blocks.get((y, x, ry, rx), zero) for ry in range(s) for rx in range(s)], -1))
+            rows.append(tf.stack(cols))
+        return tf.stack(rows), lo, hi
+
+    def call(self, x):
+        kernel, lo, hi = self._phase_kernel()
+        x = tf.pad(x, [[0, 0], [-lo, hi], [-lo, hi], [0, 0]])
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")
+        if self.bias is not None:
+            y = tf.nn.bias_add(y, tf.tile(self.bias, [self.strides * self.strides]))
+        y = tf.nn.depth_to_space(y, self.strides)
+        return self.activation(y)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides
+        return (b, None if h is None else h * s, None if w is None else w * s, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation)}
