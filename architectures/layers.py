@@ -64,22 +64,40 @@ class ResizeBilinear(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "align_corners": self.align_corners}
 
 
+
 @keras.utils.register_keras_serializable(package="segexport")
 class ReduceSum(keras.layers.Layer):
-    """Sum (or mean) over one axis, keeping it: the seed's Lambda(reduce_sum) as a real layer."""
+    """Sum over one axis, keeping it (TFLite SUM; XNNPACK runs it in float and int8)."""
 
-    def __init__(self, axis: int, mean: bool = False, **kwargs):
+    def __init__(self, axis: int, **kwargs):
         super().__init__(**kwargs)
         self.axis = axis
-        self.mean = mean
 
     def call(self, x):
-        if self.mean:
-            return tf.reduce_mean(x, axis=self.axis, keepdims=True)
         return tf.reduce_sum(x, axis=self.axis, keepdims=True)
 
+    def compute_output_shape(self, input_shape):
+        shape = list(tf.TensorShape(input_shape).as_list())
+        shape[self.axis] = 1
+        return tf.TensorShape(shape)
+
     def get_config(self):
-        return {**super().get_config(), "axis": self.axis, "mean": self.mean}
+        return {**super().get_config(), "axis": self.axis}
+
+
+def upsample_nearest_2x(x, name: str):
+    """Nearest-neighbour 2x upsampling as concatenations and reshapes.
+
+    Exactly `UpSampling2D(2, interpolation="nearest")`, but XNNPACK has no RESIZE_NEAREST_NEIGHBOR
+    kernel (float or int8), so that op splits the delegated graph; CONCATENATION and RESHAPE it
+    runs in both. Shapes exclude the batch, so any batch size works.
+    """
+    _, h, w, c = x.shape
+    L = keras.layers
+    y = L.Concatenate(axis=-1, name=f"{name}_cols")([x, x])  # [B, H, W, 2C]: each pixel twice
+    y = L.Reshape((h, 1, 2 * w * c), name=f"{name}_r0")(y)  # = [B, H, 2W, C] row by row
+    y = L.Concatenate(axis=2, name=f"{name}_rows")([y, y])  # each row twice
+    return L.Reshape((2 * h, 2 * w, c), name=f"{name}_r1")(y)
 
 
 @keras.utils.register_keras_serializable(package="segexport")

@@ -123,6 +123,7 @@ def convert(
     lr: LrOpt = None,
     train_samples: TrainSamplesOpt = 400,
     val_samples: ValSamplesOpt = 100,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Fail unless the float TFLite files are fully GPU-delegate compatible.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero when an accuracy check fails (for CI gates).")] = False,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
@@ -141,7 +142,7 @@ def convert(
                                           ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value,
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
-        train_samples=train_samples, val_samples=val_samples, bench=bench, command=_command_line(),
+        train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
     ))
     typer.echo(summary_table(report))
     for check in report["checks"]:

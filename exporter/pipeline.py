@@ -49,6 +49,7 @@ class ConvertOptions:
     train_samples: int = 400
     val_samples: int = 100
     bench: bool = True
+    gpu: bool = False  # fail unless every float TFLite file is fully GPU-delegate compatible
     command: str = ""
 
 
@@ -123,6 +124,7 @@ def convert(opts: ConvertOptions) -> dict:
     from exporter.convert.onnx import quantise_onnx, to_onnx
     from exporter.convert.signature import INPUT_NAME, export_model
     from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite
+    from exporter.delegates import gpu_compatibility, gpu_runtime_check, onnx_mobile_usability
     from exporter.metadata import activation_for, add_segmenter_metadata, mediapipe_problems
     from exporter.parity import evaluate
     from exporter.runtimes import KerasRunner, open_runner
@@ -163,7 +165,8 @@ def convert(opts: ConvertOptions) -> dict:
                 version=exporter.__version__, check=False)
             if problems:
                 say(f"warning: {precision}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
-            extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems}
+            extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,
+                     "gpu": gpu_compatibility(blob)}
             if precision == "int8":
                 extra["io"] = opts.io
             add("tflite", precision, "none" if precision == "float32" else "ptq", blob, extra)
@@ -174,6 +177,11 @@ def convert(opts: ConvertOptions) -> dict:
             if "int8" in precisions:
                 say("quantising the ONNX model to int8 QDQ (ONNX Runtime, same calibration samples)")
                 add("onnx", "int8", "ptq", quantise_onnx(onnx_blob, calib.images, INPUT_NAME))
+            for art in artifacts:
+                if art["format"] == "onnx":
+                    art["mobile"] = onnx_mobile_usability(staging / art["file"])
+        if opts.gpu:
+            _require_gpu_compatible(artifacts)
 
         say(f"validating on {len(splits.val)} held-out samples")
         val = splits.val
@@ -230,6 +238,7 @@ def convert(opts: ConvertOptions) -> dict:
             "training": training,
             "environment": environment.describe(),
             "benchmark": bench,
+            "gpu_runtime": gpu_runtime_check(staging / artifacts[0]["file"]),
             "artifacts": artifacts,
             "seconds": round(time.time() - started, 1),
         }
@@ -242,6 +251,16 @@ def convert(opts: ConvertOptions) -> dict:
         if staging.exists():
             shutil.rmtree(staging)
     return report
+
+
+def _require_gpu_compatible(artifacts: list[dict]) -> None:
+    from exporter.errors import ConversionError
+
+    for art in artifacts:
+        gpu = art.get("gpu")
+        if gpu and art["precision"] in ("float32", "float16") and not gpu["compatible"]:
+            blockers = gpu["unsupported_ops"] + gpu["tensors_over_4d"] + gpu["analyzer_warnings"]
+            raise ConversionError(f"{art['file']} is not fully GPU-delegate compatible: {', '.join(blockers)}")
 
 
 def checks(report: dict, weights_n: int) -> list[dict]:

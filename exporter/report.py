@@ -61,6 +61,7 @@ def to_markdown(report: dict, figure: str | None) -> str:
         lines += ["## Checks", ""] + [f"- {c['name']}: **{'pass' if c['passed'] else 'FAIL'}** ({c['detail']})"
                                       for c in report["checks"]] + [""]
     lines += ["## Per-class IoU", "", _per_class_table(report), ""]
+    lines += ["## Mobile delegates", "", _delegates_table(report), ""]
     cal = report["calibration"]
     lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}.", ""]
     lines += ["| class | training pixels | calibration pixels |", "|---|---|---|"]
@@ -75,6 +76,35 @@ def to_markdown(report: dict, figure: str | None) -> str:
     if figure:
         lines += ["", f"![latency and accuracy]({figure})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _delegates_table(report: dict) -> str:
+    rows = ["| file | verdict |", "|---|---|"]
+    for a in report["artifacts"]:
+        if "gpu" in a:
+            g = a["gpu"]
+            blockers = g["unsupported_ops"] + g["tensors_over_4d"] + g["analyzer_warnings"]
+            verdict = "GPU delegate: compatible" if g["compatible"] else f"GPU delegate: falls back for {', '.join(blockers)}"
+            if a.get("mediapipe_problems"):
+                verdict += f"; MediaPipe: {'; '.join(a['mediapipe_problems'])}"
+            else:
+                verdict += "; MediaPipe ImageSegmenter metadata: yes"
+        elif "mobile" in a:
+            parts = []
+            for ep, v in a["mobile"].items():
+                if isinstance(v, dict):
+                    extra = f", unsupported {', '.join(v['unsupported_ops'])}" if v.get("unsupported_ops") else ""
+                    parts.append(f"{ep}: {'recommended' if v.get('recommended') else 'not recommended'} "
+                                 f"({v.get('partitions', '?')} partition(s){extra})")
+            verdict = "; ".join(parts) or str(a["mobile"])
+        else:
+            continue
+        rows.append(f"| {a['file']} | {verdict} |")
+    gpu = report.get("gpu_runtime", {})
+    rows.append("")
+    rows.append("GPU run: " + ("LiteRT GPU accelerator available" if gpu.get("available")
+                               else f"{gpu.get('reason', 'not tried')} on this machine; no GPU figures reported."))
+    return "\n".join(rows)
 
 
 def _per_class_table(report: dict) -> str:

@@ -1,0 +1,84 @@
+"""Will a mobile accelerator take the file? TFLite GPU delegate and ONNX Runtime NNAPI/CoreML.
+
+TensorFlow's analyzer (`gpu_compatibility=True`) is the verdict the GPU delegate's own rules give;
+it is known to pass some files the delegate then splits (it said "compatible" for files with
+float islands and >4-D tensors), so two stricter facts are added from the file itself: tensors of
+more than 4 dimensions (mobile GPU delegates reject them) and ops the delegate has no kernel for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+# Ops the TFLite GPU delegate reports as "Operation is not supported" on devices although the
+# analyzer passes them; a file with one runs it on the CPU and splits the GPU graph around it.
+GPU_UNSUPPORTED_OPS = {"ARG_MAX", "GATHER_ND", "CUSTOM"}
+
+
+def gpu_compatibility(model_content: bytes) -> dict:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from exporter.keras import tf
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        tf.lite.experimental.Analyzer.analyze(model_content=model_content, gpu_compatibility=True)
+    text = buf.getvalue()
+    warnings = sorted({line.strip() for line in text.splitlines() if "GPU COMPATIBILITY WARNING" in line})
+    interp = Interpreter(model_content=model_content,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    over_4d = sorted({t["name"] for t in interp.get_tensor_details() if len(t["shape"]) > 4})
+    ops = {op["op_name"] for op in interp._get_ops_details()}
+    unsupported = sorted(ops & GPU_UNSUPPORTED_OPS)
+    return {
+        "analyzer_compatible": "looks compatible with GPU delegate" in text and not warnings,
+        "analyzer_warnings": warnings,
+        "tensors_over_4d": over_4d,
+        "unsupported_ops": unsupported,
+        "compatible": "looks compatible with GPU delegate" in text and not (warnings or over_4d or unsupported),
+    }
+
+
+_VERDICT = re.compile(r"Model should perform well with (.+?) as is: (YES|NO)")
+_UNSUPPORTED = re.compile(r"Unsupported ops: (.+)")
+_PARTITIONS = re.compile(r"(\d+) partitions with a total of (\d+)/(\d+) nodes can be handled by the (.+?) EP")
+
+
+def onnx_mobile_usability(path: Path) -> dict:
+    """ONNX Runtime's mobile usability checker: per execution provider, partitions and verdict."""
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
+                          capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    result: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        if m := _PARTITIONS.search(line):
+            current = m.group(4)
+            result[current] = {"partitions": int(m.group(1)), "nodes": f"{m.group(2)}/{m.group(3)}",
+                               "unsupported_ops": []}
+        elif (m := _UNSUPPORTED.search(line)) and current:
+            result[current]["unsupported_ops"] = [op.strip() for op in m.group(1).split(",")]
+        elif m := _VERDICT.search(line):
+            result.setdefault(m.group(1), {})["recommended"] = m.group(2) == "YES"
+    if not result:
+        return {"error": (text.strip().splitlines() or ["no output"])[-1]}
+    return result
+
+
+def gpu_runtime_check(path: Path) -> dict:
+    """Try LiteRT's GPU accelerator for real. Returns {"available": False, "reason": ...} on a
+    machine without a usable GPU: never a made-up figure."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+
+    try:
+        model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
+    except Exception as exc:  # LiteRT raises RuntimeError with a multi-line trace
+        first = next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
+        return {"available": False, "reason": "no GPU accelerator available", "detail": first.strip()}
+    return {"available": True, "fully_accelerated": bool(model.is_fully_accelerated())}

@@ -1,0 +1,361 @@
+"""DeepLab `mobilenet_v3_small_seg` + LR-ASPP (issue 3): structure, shapes, batch independence,
+float32 and full-integer TFLite, and what tfmot makes of the graph.
+
+Small inputs (64x64, 3 classes) keep this fast; the default 256x256x21 model is only built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from architectures import create_model, deeplab, get_spec, list_models
+from architectures import layers as arch_layers
+from exporter.keras import keras, tf
+
+SIZE = 64
+CLASSES = 3
+
+# Issue 3's backbone table, written out here independently of architectures/deeplab.py:
+# (expansion or None, kernel, stride, out, SE, activation) for slim's layer_2 .. layer_12.
+ISSUE_BLOCKS = [
+    (None, 3, 2, 16, True, "relu"),
+    (72, 3, 2, 24, False, "relu"),
+    (88, 3, 1, 24, False, "relu"),
+    (96, 5, 2, 40, True, "hswish"),
+    (240, 5, 1, 40, True, "hswish"),
+    (240, 5, 1, 40, True, "hswish"),
+    (120, 5, 1, 48, True, "hswish"),
+    (144, 5, 1, 48, True, "hswish"),
+    (144, 5, 2, 48, True, "hswish"),
+    (288, 5, 1, 48, True, "hswish"),
+    (288, 5, 1, 48, True, "hswish"),
+]
+# SE squeeze widths: expanded channels / 4 rounded to a multiple of 8 (slim's _make_divisible).
+SE_SQUEEZE = [8, 24, 64, 64, 32, 40, 40, 72, 72]
+FORBIDDEN_LAYERS = {"Lambda", "TFOpLambda", "SlicingOpLambda"}
+
+
+def _images(n: int, size: int = SIZE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+
+
+def _bn_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def _calibrate_bn(model, images) -> None:
+    """Set every BN's moving statistics to one batch's, so random weights give O(1) activations
+    in inference mode (fresh BN is the identity and the signal fades through 11 blocks)."""
+    layers = _bn_layers(model)
+    for layer in layers:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in layers:
+        layer.momentum = deeplab.BN_MOMENTUM
+
+
+def _expected_params(classes: int) -> int:
+    def bn(c):
+        return 4 * c  # gamma, beta, moving mean, moving variance
+
+    params = 3 * 3 * 3 * 16 + bn(16)  # stem
+    channels = 16
+    squeeze = iter(SE_SQUEEZE)
+    for expansion, kernel, _, out, se, _ in ISSUE_BLOCKS:
+        inner = expansion or channels
+        if expansion:
+            params += channels * inner + bn(inner)
+        params += kernel * kernel * inner + bn(inner)
+        if se:
+            s = next(squeeze)
+            params += inner * s + s + s * inner + inner
+        params += inner * out + bn(out)
+        channels = out
+    params += channels * 288 + bn(288)  # layer13
+    params += 288 * 128 + bn(128)  # LR-ASPP 1x1 branch
+    params += 288 * 128 + 128  # image-level gate
+    params += (128 + 1) * classes + (88 + 1) * classes  # two logits convs with bias
+    return params
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Any-batch model (training graph) with calibrated BN statistics."""
+    m = create_model("deeplab", input_size=SIZE, num_classes=CLASSES)
+    _calibrate_bn(m, _images(4, seed=1))
+    return m
+
+
+@pytest.fixture(scope="module")
+def export_model(model):
+    """The same weights in the static batch-1 export graph."""
+    m = create_model("deeplab", input_size=SIZE, num_classes=CLASSES, batch_size=1)
+    m.set_weights(model.get_weights())
+    return m
+
+
+def _converter(model):
+    h, w = model.input_shape[1:3]
+    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+        tf.TensorSpec([1, h, w, 3], tf.float32)
+    )
+    # An empty tf.Module as the trackable: handing over the Keras model itself makes the converter
+    # save it as a SavedModel first (every layer's call traced: 30-60 s here, ~2 s this way).
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
+
+
+def _interpreter(content, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {} if delegates else {
+        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    }
+    interpreter = Interpreter(model_content=content, **kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _run(interpreter, x):
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+# --- registry and spec -------------------------------------------------------------------------
+
+
+def test_registered_with_voc_defaults():
+    assert "deeplab" in list_models()
+    spec = get_spec("deeplab")
+    assert len(spec.labels) == 21
+    assert spec.labels[0] == "background" and spec.labels[15] == "person"
+    assert spec.labels[-1] == "tvmonitor"
+    assert spec.input_size == (256, 256)
+    assert spec.output == "logits"
+    assert spec.options == {"align_corners": False, "freeze_bn": False}
+    assert spec.input_multiple == 32 and spec.min_input == 32
+
+
+def test_backbone_and_head_follow_the_issue(model):
+    # The decoder tap: block 4's depthwise output, 88 channels at stride 8.
+    assert model.get_layer(deeplab.DECODER_ENDPOINT).output.shape.as_list() == [
+        None, SIZE // 8, SIZE // 8, 88]  # fmt: skip
+    # The last features: 288 channels (the halved stage) at stride 32.
+    assert model.get_layer(deeplab.FEATURES_ENDPOINT).output.shape.as_list() == [
+        None, SIZE // 32, SIZE // 32, 288]  # fmt: skip
+
+    stride, channels = 2, 16  # after the stem
+    assert model.get_layer("layer1_conv").strides == (2, 2)
+    assert isinstance(model.get_layer("layer1_hswish"), arch_layers.HardSwish)
+    squeeze = iter(SE_SQUEEZE)
+    for index, (expansion, kernel, s, out, se, act) in enumerate(ISSUE_BLOCKS, start=2):
+        name = f"layer{index}"
+        names = {layer.name for layer in model.layers if layer.name.startswith(name + "_")}
+        assert (f"{name}_expand" in names) == (expansion is not None), name
+        if expansion:
+            assert model.get_layer(f"{name}_expand").filters == expansion
+        dw = model.get_layer(f"{name}_depthwise")
+        assert dw.kernel_size == (kernel, kernel) and dw.strides == (s, s), name
+        assert f"{name}_depthwise_{act}" in names, name
+        assert (f"{name}_se_mul" in names) == se, name
+        if se:
+            assert model.get_layer(f"{name}_se_reduce").filters == next(squeeze)
+            assert model.get_layer(f"{name}_se_expand").filters == (expansion or channels)
+            assert isinstance(model.get_layer(f"{name}_se_hsigmoid"), arch_layers.HardSigmoid)
+        assert model.get_layer(f"{name}_project").filters == out
+        # Residual exactly where stride 1 keeps the width.
+        assert (f"{name}_add" in names) == (s == 1 and channels == out), name
+        stride *= s
+        channels = out
+    assert stride == 32
+
+    types = [type(layer).__name__ for layer in model.layers]
+    assert types.count("HardSwish") == 18  # stem, 2 per block in layers 5..12, layer13
+    assert types.count("HardSigmoid") == 10  # 9 SE blocks + the image-level gate
+    assert types.count("Multiply") == 10
+    head = model.get_layer("aspp0_conv")
+    assert head.filters == 128 and not head.use_bias
+    gate = model.get_layer("image_pooling_conv")
+    assert gate.filters == 128 and gate.use_bias
+    for name in ("decoder_aspp_logits", "decoder_feature_logits"):
+        conv = model.get_layer(name)
+        assert conv.filters == CLASSES and conv.use_bias and conv.activation.__name__ == "linear"
+    assert model.get_layer("decoder_aspp_logits").input.shape[1:3] == (SIZE // 8, SIZE // 8)
+    assert all(
+        layer.momentum == 0.9 and layer.epsilon == 1e-3 for layer in _bn_layers(model)
+    )
+
+
+def test_flat_graph_of_keras_layers(model):
+    for layer in model.layers:
+        assert type(layer).__name__ not in FORBIDDEN_LAYERS, layer.name
+        assert not isinstance(layer, keras.Model), layer.name
+    norm = model.get_layer("normalise")
+    assert isinstance(norm, keras.layers.Rescaling)
+    assert norm.scale == pytest.approx(2 / 255) and norm.offset == pytest.approx(-1.0)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    """Default settings (256x256, 21 VOC classes) as exported: static batch 1."""
+    return create_model("deeplab", batch_size=1)
+
+
+def test_parameter_count_at_default_settings(default_model):
+    m = default_model
+    assert m.count_params() == _expected_params(21) == 477_890
+    bn_channels = sum(layer.gamma.shape[0] for layer in _bn_layers(m))
+    assert len(m.non_trainable_weights) == 2 * len(_bn_layers(m))
+    assert sum(int(np.prod(w.shape)) for w in m.non_trainable_weights) == 2 * bn_channels
+
+
+# --- shapes and batch independence -------------------------------------------------------------
+
+
+def test_output_shape_small(model):
+    assert model.output_shape == (None, SIZE, SIZE, CLASSES)
+    assert model(_images(2)).shape == (2, SIZE, SIZE, CLASSES)
+
+
+def test_output_shape_default_size(default_model):
+    m = default_model
+    assert m.input_shape == (1, 256, 256, 3)
+    assert m.output_shape == (1, 256, 256, 21)
+    assert m.get_layer(deeplab.DECODER_ENDPOINT).output.shape[1:3] == (32, 32)
+    assert m.get_layer(deeplab.FEATURES_ENDPOINT).output.shape[1:3] == (8, 8)
+    # Stock half-pixel UpSampling2D by exact factors (x4 head, x8 logits).
+    assert isinstance(m.get_layer("decoder_upsample"), keras.layers.UpSampling2D)
+    assert m.get_layer("decoder_upsample").size == (4, 4)
+    assert m.get_layer("logits").size == (8, 8)
+    out = m(_images(1, 256)).numpy()
+    assert out.shape == (1, 256, 256, 21) and np.isfinite(out).all()
+
+
+def test_seed_geometry_257_align_corners():
+    m = create_model("deeplab", input_size=257, align_corners=True)
+    assert m.output_shape == (None, 257, 257, 21)
+    assert m.get_layer(deeplab.DECODER_ENDPOINT).output.shape[1:3] == (33, 33)
+    assert m.get_layer(deeplab.FEATURES_ENDPOINT).output.shape[1:3] == (9, 9)
+    for name in ("decoder_upsample", "logits"):
+        layer = m.get_layer(name)
+        assert isinstance(layer, arch_layers.ResizeBilinear) and layer.align_corners
+
+
+def test_any_input_size_gets_exact_resizes():
+    m = create_model("deeplab", input_size=(80, 96), num_classes=CLASSES)
+    assert m.output_shape == (None, 80, 96, CLASSES)
+    assert m.get_layer("decoder_upsample").output.shape[1:3] == (10, 12)
+
+
+def test_batch_independent(model, export_model):
+    x = _images(3, seed=2)
+    batched = model(x, training=False).numpy()
+    scale = np.abs(batched).max()
+    assert scale > 0.1  # calibrated BN: a real signal, not ~0
+    for i in range(3):
+        single = export_model(x[i : i + 1], training=False).numpy()
+        np.testing.assert_allclose(single[0], batched[i], rtol=0, atol=1e-5 * scale)
+
+
+# --- batch-norm freezing -------------------------------------------------------------------------
+
+
+def test_freeze_bn_runs_inference_mode_with_trainable_affine(model):
+    frozen = create_model("deeplab", input_size=SIZE, num_classes=CLASSES, freeze_bn=True)
+    frozen.set_weights(model.get_weights())
+    x = _images(2, seed=3)
+    moving = [w.numpy().copy() for w in frozen.non_trainable_weights]
+    with tf.GradientTape() as tape:
+        y_train = frozen(x, training=True)
+        loss = tf.reduce_mean(tf.square(y_train))
+    np.testing.assert_allclose(y_train.numpy(), frozen(x, training=False).numpy(), rtol=1e-5,
+                               atol=1e-6)  # fmt: skip
+    for before, after in zip(moving, frozen.non_trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
+    bns = _bn_layers(frozen)
+    trainable = {id(w) for w in frozen.trainable_weights}
+    assert all(id(layer.gamma) in trainable and id(layer.beta) in trainable for layer in bns)
+    grads = tape.gradient(loss, [layer.gamma for layer in bns])
+    assert all(g is not None for g in grads)
+    assert sum(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads) == len(bns)
+
+    # Unfrozen, training mode uses batch statistics (and would update the moving ones).
+    weights = model.get_weights()
+    try:
+        assert not np.allclose(model(x, training=True).numpy(), model(x, training=False).numpy())
+    finally:
+        model.set_weights(weights)
+
+
+# --- TFLite --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, options",
+    [(SIZE, {}), (65, {"align_corners": True})],  # 65 = 32*2+1, the seed's geometry in small
+    ids=["half_pixel_64", "align_corners_65"],
+)
+def test_float_tflite_matches_keras(export_model, size, options):
+    if size == SIZE and not options:
+        m = export_model
+    else:
+        m = create_model("deeplab", input_size=size, num_classes=CLASSES, batch_size=1, **options)
+        _calibrate_bn(m, _images(1, size, seed=4))
+    content = _converter(m).convert()
+    interpreter = _interpreter(content)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "HARD_SWISH" in ops and "RESIZE_BILINEAR" in ops
+    x = _images(1, size, seed=5)
+    expected = m(x, training=False).numpy()
+    got = _run(interpreter, x)
+    assert got.shape == (1, size, size, CLASSES)
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.fixture(scope="module")
+def int8_model(export_model):
+    calib = _images(8, seed=6)
+    converter = _converter(export_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def test_int8_tflite_has_no_float_ops(int8_model):
+    interpreter = _interpreter(int8_model, delegates=False)
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    assert inp["dtype"] == np.uint8 and out["dtype"] == np.uint8
+    assert list(inp["shape"]) == [1, SIZE, SIZE, 3] and list(out["shape"]) == [1, SIZE, SIZE, CLASSES]
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    edges = {inp["index"], out["index"]}
+    ops = interpreter._get_ops_details()
+    names = [op["op_name"] for op in ops]
+    for op in ops:
+        tensors = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        if op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            assert set(tensors) & edges, f"{op['op_name']} inside the graph"
+            continue
+        for i in tensors:
+            assert dtypes[i] in (np.int8, np.int32), (op["op_name"], dtypes[i])
+    assert not any(np.issubdtype(d, np.floating) for d in dtypes.values())
+    assert names.count("HARD_SWISH") == 18
+    assert names.count("QUANTIZE") == 2  # uint8 -> int8 in, int8 -> uint8 out
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "MUL", "ADD", "RESIZE_BILINEAR"} <= set(names)
+    y = _run(interpreter, _images(1, seed=7))
+    assert y.shape == (1, SIZE, SIZE, CLASSES) and y.dtype == np.uint8
+
+
+# --- tfmot ---------------------------------------------------------------------------------------
+
+
+def test_tfmot_quantize_annotate_model_accepts_it(model):
+    import tensorflow_model_optimization as tfmot
+
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    assert len(annotated.layers) == len(model.layers)
