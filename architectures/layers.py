@@ -129,3 +129,16 @@ class MatMul(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "transpose_b": self.transpose_b, "scale": self.scale}
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class ExactGelu(keras.layers.Layer):
+    """GELU with the exact erf form, `0.5 * x * (1 + erf(x / sqrt(2)))`, as PyTorch's default.
+
+    Same values as `Activation("gelu")`, but TF 2.21's `tf.nn.gelu` is written with `erfc`, which
+    tf2onnx cannot convert; `erf` becomes ONNX Erf, and TFLite's converter still fuses this
+    pattern into its GELU builtin.
+    """
+
+    def call(self, x):
+        return 0.5 * x * (1.0 + tf.math.erf(x * 0.7071067811865476))

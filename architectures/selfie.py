@@ -1,0 +1,219 @@
+"""The seed's selfie multiclass segmenter (its "modified ViT", MediaPipe-like), batch-agnostic.
+
+Layer for layer the seed's network, with what its code gets wrong fixed:
+
+- The seed rearranges the 1/8 and 1/16 feature maps into 4x4 patches with raw `tf.reshape` /
+  `tf.transpose` whose shapes hard-code batch 1 (`(8, 4, 8, 512)`, `(1, 64, 16, 128)`). Here the
+  same per-sample permutation is done with Keras `Reshape`/`Permute` layers whose shapes exclude
+  the batch, so one set of weights trains at any batch size and exports at batch 1; no tensor
+  goes above 4-D (mobile GPU delegates reject 5-D).
+- The seed's `tf.multiply`/`tf.add`/`tf.image.resize` and its `Lambda(reduce_sum)` become Keras
+  layers, so tfmot can wrap every node; its debug prints are gone.
+
+What the seed's reshape/transpose pairs do (worked out at its own batch 1, 256x256 input): the
+32x32x128 map x, with rows h = 4*h1 + h2 and columns w = 4*w1 + w2 (h1, w1 in 0..7: which 4x4
+patch; h2, w2 in 0..3: where inside the patch), becomes a [16, 64, 128] tensor
+`out[4*h2 + w2, 8*h1 + w1, c] = x[4*h1 + h2, 4*w1 + w2, c]`: axis 1 is the position inside a
+patch, axis 2 the patch (MobileViT's unfold). The attention blocks take a softmax over the
+patches for each in-patch position and sum over them; the seed's inverse pair restores the
+layout exactly. The 16x16x192 map gets the same with 4x4 patches on a 4x4 grid ([16, 16, 192]).
+Here the patch stays 4x4 and the grid follows the input size (input / 32 patches a side at the
+1/8 stage, input / 64 at the 1/16 stage), so the model also builds at 64x64 or 128x128 for tests
+and matches the seed exactly at 256x256.
+
+Formulation choices for the int8 graph (same function, same weights; checked with LiteRT 2.3's
+XNNPACK): the sum over patches is one SUM op (a `ReduceSum` layer), which XNNPACK runs in int8
+(AVERAGE_POOL_2D it does not); the decoder's nearest 2x upsamplings are concatenations and
+reshapes, since XNNPACK has no RESIZE_NEAREST_NEIGHBOR kernel (float or int8); the softmax over
+patches keeps the seed's reshape-softmax-reshape form on the 1-channel score map, and each
+rearrangement uses two transposes, the fewest this permutation allows with the batch kept as its
+own axis. The float32 model is then one XNNPACK partition, and in int8 only the SOFTMAX ops (six
+small attention ones and the output) and the uint8 input/output QUANTIZE run outside it.
+"""
+
+from architectures import ArchSpec, register
+
+# The seed's id2label (MediaPipe's multiclass selfie classes; 0 is the background, "outer").
+LABELS = ("outer", "hair", "face", "skin", "clothes", "accessories")
+PATCH = 4  # side of the patches the attention blocks work on, at both stages
+STAGE3_CHANNELS = 128  # the seed's MUL=128 large blocks, on the 1/8 map
+STAGE4_CHANNELS = 192  # the seed's MUL=192 large blocks, on the 1/16 map
+DECODER_CHANNELS = 64
+HEAD_CHANNELS = 32
+# Input side must be a multiple of 64: stride 16 to the last stage, then whole 4x4 patches.
+INPUT_MULTIPLE = 16 * PATCH
+
+
+def patch_unfold(x, grid, channels, name):
+    """[B, gh*4, gw*4, C] -> [B, 16, gh*gw, C]: the seed's two reshape+transpose blocks.
+
+    With h = 4*h1 + h2 and w = 4*w1 + w2, out[:, 4*h2 + w2, gw*h1 + w1, :] = x[:, h, w, :].
+    Two transposes of at most three axes after the batch, as the permutation needs (the seed's
+    first transpose folded the batch into its leading axis, which only works at batch 1).
+    """
+    from exporter.keras import keras
+
+    gh, gw = grid
+    p, c = PATCH, channels
+    L = keras.layers
+    y = L.Reshape((gh * p * gw, p, c), name=f"{name}_r0")(x)  # [(h1 h2 w1), w2, c]
+    y = L.Permute((2, 1, 3), name=f"{name}_t0")(y)  # [w2, (h1 h2 w1), c]
+    y = L.Reshape((p * gh, p, gw * c), name=f"{name}_r1")(y)  # [(w2 h1), h2, (w1 c)]
+    y = L.Permute((2, 1, 3), name=f"{name}_t1")(y)  # [h2, (w2 h1), (w1 c)]
+    return L.Reshape((p * p, gh * gw, c), name=f"{name}_r2")(y)  # [(h2 w2), (h1 w1), c]
+
+
+def patch_fold(y, grid, channels, name):
+    """The exact inverse of `patch_unfold`: [B, 16, gh*gw, C] -> [B, gh*4, gw*4, C]."""
+    from exporter.keras import keras
+
+    gh, gw = grid
+    p, c = PATCH, channels
+    L = keras.layers
+    z = L.Reshape((p, p * gh, gw * c), name=f"{name}_r0")(y)  # [h2, (w2 h1), (w1 c)]
+    z = L.Permute((2, 1, 3), name=f"{name}_t0")(z)  # [(w2 h1), h2, (w1 c)]
+    z = L.Reshape((p, gh * p * gw, c), name=f"{name}_r1")(z)  # [w2, (h1 h2 w1), c]
+    z = L.Permute((2, 1, 3), name=f"{name}_t1")(z)  # [(h1 h2 w1), w2, c]
+    return L.Reshape((gh * p, gw * p, c), name=f"{name}_r2")(z)  # [(h1 h2), (w1 w2), c]
+
+
+def _conv_block(x, expand, stride, out, name):
+    """The seed's convBlock: 1x1 expand (ReLU), 3x3 depthwise (ReLU), 1x1 linear projection."""
+    from exporter.keras import keras
+
+    L = keras.layers
+    x = L.Conv2D(expand, 1, padding="same", activation="relu", name=f"{name}_expand")(x)
+    x = L.DepthwiseConv2D(3, strides=stride, padding="same", activation="relu", name=f"{name}_dw")(x)
+    return L.Conv2D(out, 1, padding="same", name=f"{name}_project")(x)
+
+
+def _large_block(x, channels, num_patches, name):
+    """The seed's largeBlock on an unfolded map [B, 16, patches, C] (C = the seed's MUL).
+
+    s = 2*x^2; a = softmax over patches of conv1x1(s -> 1); context = sum over patches of
+    a * conv1x1(s); y = x + conv1x1(context * relu(conv1x1(s))); out = y + conv1x1(conv1x1(s)).
+    """
+    from architectures.layers import ReduceSum
+    from exporter.keras import keras
+
+    L = keras.layers
+    p2 = PATCH * PATCH
+    sq = L.Multiply(name=f"{name}_square")([x, x])
+    sq = L.Add(name=f"{name}_double")([sq, sq])
+    # Context scores: one per position, softmax over the patches for each in-patch position.
+    score = L.Conv2D(1, 1, name=f"{name}_score")(sq)
+    score = L.Reshape((p2, 1, num_patches), name=f"{name}_score_r0")(score)
+    score = L.Softmax(axis=-1, name=f"{name}_softmax")(score)
+    score = L.Reshape((p2, num_patches, 1), name=f"{name}_score_r1")(score)
+    value = L.Conv2D(channels, 1, name=f"{name}_value")(sq)
+    context = L.Multiply(name=f"{name}_weigh")([score, value])
+    context = ReduceSum(axis=2, name=f"{name}_sum")(context)  # [B, 16, 1, C]
+    gate = L.Conv2D(channels, 1, activation="relu", name=f"{name}_gate_conv")(sq)
+    mixed = L.Multiply(name=f"{name}_gate")([context, gate])
+    mixed = L.Conv2D(channels, 1, name=f"{name}_proj")(mixed)
+    mixed = L.Add(name=f"{name}_residual")([mixed, x])
+    ffn = L.Conv2D(2 * channels, 1, padding="same", name=f"{name}_ffn_expand")(sq)
+    ffn = L.Conv2D(channels, 1, padding="same", name=f"{name}_ffn_project")(ffn)
+    return L.Add(name=f"{name}_out")([ffn, mixed])
+
+
+def _dw_pw(x, dw_kernel, filters, name, activation=None):
+    """Depthwise (k x k) then pointwise conv, the decoder's and head's separable unit."""
+    from exporter.keras import keras
+
+    L = keras.layers
+    x = L.DepthwiseConv2D(dw_kernel, padding="same", activation=activation, name=f"{name}_dw")(x)
+    pad = "same" if activation else "valid"  # as the seed; identical for a 1x1 conv
+    return L.Conv2D(filters, 1, padding=pad, activation=activation, name=f"{name}_pw")(x)
+
+
+def build_selfie(config):
+    from architectures.layers import pixel_input, scale_pixels, upsample_nearest_2x
+    from exporter.keras import keras
+
+    L = keras.layers
+    h, w = config.input_size
+    if h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+        raise ValueError(f"selfie needs an input side that is a multiple of {INPUT_MULTIPLE}, got {h}x{w}")
+    grid3 = (h // 8 // PATCH, w // 8 // PATCH)  # 8x8 patches at 256x256
+    grid4 = (h // 16 // PATCH, w // 16 // PATCH)  # 4x4 patches at 256x256
+    n3, n4 = grid3[0] * grid3[1], grid4[0] * grid4[1]
+
+    inputs = pixel_input(config)
+    x0 = scale_pixels(inputs, 1.0 / 255.0, 0.0)  # [0, 1]: the seed's "Normalized" runs
+    x0 = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="stem_conv")(x0)
+
+    # Block 1 (1/2 -> 1/4): inverted residuals.
+    x1 = _conv_block(x0, 96, 1, 64, "block1a")
+    x1 = _conv_block(x1, 384, 2, 128, "block1b")
+    x1_1 = _conv_block(x1, 768, 1, 128, "block1c")
+    output1 = L.Add(name="output1")([x1_1, x1])
+
+    # Block 2 (1/8), then the 4x4-patch attention stage.
+    x2 = _conv_block(output1, 768, 2, 256, "block2a")
+    x2 = L.Conv2D(STAGE3_CHANNELS, 3, padding="same", activation="relu", name="block2_conv3x3")(x2)
+    x2 = L.Conv2D(STAGE3_CHANNELS, 1, padding="same", activation="relu", name="block2_conv1x1")(x2)
+    x3 = patch_unfold(x2, grid3, STAGE3_CHANNELS, "stage3_unfold")
+    for i in range(2):
+        x3 = _large_block(x3, STAGE3_CHANNELS, n3, f"stage3_attn{i}")
+    x3 = patch_fold(x3, grid3, STAGE3_CHANNELS, "stage3_fold")
+    output3 = L.Conv2D(256, 1, padding="same", name="output3")(x3)
+
+    # Block 4 (1/16), second attention stage.
+    x4 = _conv_block(output3, 1536, 2, 384, "block4a")
+    x4 = L.Conv2D(STAGE4_CHANNELS, 3, padding="same", activation="relu", name="block4_conv3x3")(x4)
+    x4 = L.Conv2D(STAGE4_CHANNELS, 1, padding="same", activation="relu", name="block4_conv1x1")(x4)
+    x4 = patch_unfold(x4, grid4, STAGE4_CHANNELS, "stage4_unfold")
+    for i in range(4):
+        x4 = _large_block(x4, STAGE4_CHANNELS, n4, f"stage4_attn{i}")
+    x4 = patch_fold(x4, grid4, STAGE4_CHANNELS, "stage4_fold")
+    x4 = L.Conv2D(384, 1, padding="same", name="block4_expand_out")(x4)
+    x4 = L.DepthwiseConv2D(1, padding="same", name="block4_dw_out")(x4)
+    output4 = L.Conv2D(DECODER_CHANNELS, 1, name="output4")(x4)
+
+    # FPN-like decoder: lateral 1x1 depthwise + pointwise, nearest-upsampled top-down path.
+    def top_down(lateral, coarser, name):
+        lat = _dw_pw(lateral, 1, DECODER_CHANNELS, f"{name}_lateral")
+        up = upsample_nearest_2x(coarser, f"{name}_up")
+        return L.Add(name=name)([lat, up])
+
+    output5 = top_down(output3, output4, "output5")  # 1/8
+    output6 = top_down(output1, output5, "output6")  # 1/4
+    output7 = top_down(x0, output6, "output7")  # 1/2
+
+    # Bilinear-upsampled 3x3 separable skips from every pyramid level, summed at 1/2.
+    def skip(source, factor, name):
+        s = _dw_pw(source, 3, DECODER_CHANNELS, name)
+        if factor == 1:
+            return s
+        return L.UpSampling2D(factor, interpolation="bilinear", name=f"{name}_up")(s)
+
+    x8 = skip(output7, 1, "block8")
+    output8 = L.Add(name="output8")([x8, skip(output6, 2, "block8_skip")])
+    output9 = L.Add(name="output9")([output8, skip(output5, 4, "block9_skip")])
+    output10 = L.Add(name="output10")([output9, skip(output4, 8, "block10_skip")])
+
+    # Head: five depthwise-separable units, a 2x transposed conv to full size, softmax scores.
+    x = output10
+    for i in range(5):
+        x = _dw_pw(x, 3, HEAD_CHANNELS, f"head{i}", activation="relu")
+    x = L.Conv2DTranspose(HEAD_CHANNELS, 2, strides=2, padding="same", name="head_upsample")(x)
+    scores = L.Conv2D(config.num_classes, 1, padding="same", activation="softmax", name="scores")(x)
+    return keras.Model(inputs, scores, name="selfie")
+
+
+register(
+    ArchSpec(
+        name="selfie",
+        description="The seed's MediaPipe-like selfie multiclass segmenter (its 'modified ViT')",
+        builder=build_selfie,
+        labels=LABELS,
+        input_size=(256, 256),
+        normalisation="x / 255 (pixels to [0, 1])",
+        output="softmax",
+        min_input=INPUT_MULTIPLE,
+        input_multiple=INPUT_MULTIPLE,
+        options={},
+        learning_rate=1e-3,
+    )
+)
