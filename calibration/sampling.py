@@ -12,8 +12,8 @@ import numpy as np
 from calibration.dataset import SegData
 
 
-def representative_indices(train: SegData, count: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Indices into `train` and the names of classes absent from the chosen samples."""
+def representative_indices(train: SegData, count: int, seed: int = 0) -> tuple[np.ndarray, list[int]]:
+    """Indices into `train` and the classes (indices) absent from the chosen samples."""
     count = min(count, len(train))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
@@ -31,12 +31,14 @@ def representative_indices(train: SegData, count: int, seed: int = 0) -> tuple[n
     rest = [int(i) for i in order if int(i) not in set(chosen)]
     chosen += rest[: count - len(chosen)]
     covered_all = set(int(c) for c in np.unique(train.masks[chosen])) if chosen else set()
-    missing = [train.labels[c] for c in range(train.num_classes) if c not in covered_all]
+    missing = [c for c in range(train.num_classes) if c not in covered_all]
     return np.array(sorted(chosen)), missing
 
 
-def class_coverage(data: SegData) -> dict[str, float]:
-    """Fraction of labelled pixels per class (the report's calibration table)."""
-    counts = np.bincount(data.masks.ravel(), minlength=256)[: data.num_classes].astype(float)
+def class_coverage(data: SegData, labels=None) -> dict[str, float]:
+    """Fraction of labelled pixels per class (the report's calibration table), named by `labels`
+    (the model's class names, which may differ from the data's own)."""
+    labels = data.labels if labels is None else labels
+    counts = np.bincount(data.masks.ravel(), minlength=256)[: len(labels)].astype(float)
     total = counts.sum() or 1.0
-    return {label: round(float(c / total), 5) for label, c in zip(data.labels, counts)}
+    return {label: round(float(c / total), 5) for label, c in zip(labels, counts)}

@@ -138,7 +138,8 @@ def convert(opts: ConvertOptions) -> dict:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     try:
-        calib_idx, missing = representative_indices(splits.train, opts.calibration_samples)
+        calib_idx, missing_idx = representative_indices(splits.train, opts.calibration_samples)
+        missing = [config.labels[c] for c in missing_idx]
         if missing:
             say(f"warning: classes absent from calibration samples: {', '.join(missing)}")
         calib = splits.train.subset(calib_idx)
@@ -232,8 +233,8 @@ def convert(opts: ConvertOptions) -> dict:
                 "samples": len(calib),
                 "method": "stratified from the training split: every class present first, then random",
                 "missing_classes": missing,
-                "coverage": class_coverage(calib),
-                "train_coverage": class_coverage(splits.train),
+                "coverage": class_coverage(calib, config.labels),
+                "train_coverage": class_coverage(splits.train, config.labels),
             },
             "training": training,
             "environment": environment.describe(),

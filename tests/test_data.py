@@ -143,4 +143,4 @@ def test_representative_samples_cover_rare_classes():
     masks[17] = 0
     data.masks = masks
     _, missing = representative_indices(data, 8)
-    assert missing == [data.labels[5]]
+    assert missing == [5]

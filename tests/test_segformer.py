@@ -144,17 +144,24 @@ def test_keras_matches_reference(hf_full, imported):
     assert _rel(ours, _upsampled(ref)) <= 1e-4
 
 
-def test_float32_tflite_matches_reference(hf_full, imported):
+@pytest.fixture(scope="module")
+def export_model(hf_full, imported):
+    """The static batch-1 graph that conversion sees, with the checkpoint imported."""
+    _, path = hf_full
+    _, config, _ = imported
+    export_config = resolve_config("segformer", input_size=SIZE, batch_size=1, labels=config.labels)
+    model = build(export_config)
+    get_spec("segformer").load_weights(model, path, export_config)
+    return model, export_config
+
+
+def test_float32_tflite_matches_reference(hf_full, export_model):
     from ai_edge_litert.interpreter import Interpreter
 
     from exporter.keras import tf
 
-    hf_model, path = hf_full
-    _, config, _ = imported
-    spec = get_spec("segformer")
-    export_config = resolve_config("segformer", input_size=SIZE, batch_size=1, labels=config.labels)
-    model = build(export_config)
-    spec.load_weights(model, path, export_config)
+    hf_model, _ = hf_full
+    model, _ = export_model
     fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
         tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32)
     )
@@ -168,12 +175,29 @@ def test_float32_tflite_matches_reference(hf_full, imported):
     interpreter.allocate_tensors()
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
     assert not {op for op in ops if op.startswith("Flex") or op == "CUSTOM"}, ops
+    assert "GELU" in ops  # the exact-GELU pattern fused into the builtin
     assert all(len(t["shape"]) <= 4 for t in interpreter.get_tensor_details())
 
     pixels = _pixels(1, seed=1)
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
     interpreter.invoke()
     ours = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    ref = _upsampled(_hf_forward(hf_model, pixels).logits)
+    assert _rel(ours, ref) <= 1e-3
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.999
+
+
+def test_float32_onnx_matches_reference(hf_full, export_model):
+    """tf2onnx path of the pipeline (it has no Erfc: the GELU layer is written with erf)."""
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from exporter.convert.onnx import to_onnx
+
+    hf_model, _ = hf_full
+    model, config = export_model
+    session = ort.InferenceSession(to_onnx(model, config), providers=["CPUExecutionProvider"])
+    pixels = _pixels(1, seed=6)
+    ours = session.run(None, {session.get_inputs()[0].name: pixels})[0]
     ref = _upsampled(_hf_forward(hf_model, pixels).logits)
     assert _rel(ours, ref) <= 1e-3
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.999
