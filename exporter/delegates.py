@@ -77,8 +77,25 @@ def gpu_runtime_check(path: Path) -> dict:
     from ai_edge_litert.hardware_accelerator import HardwareAccelerator
 
     try:
-        model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
+        with _stderr_silenced():  # the GPU backends print pages of adapter-probing errors
+            model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
     except Exception as exc:  # LiteRT raises RuntimeError with a multi-line trace
         first = next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
         return {"available": False, "reason": "no GPU accelerator available", "detail": first.strip()}
     return {"available": True, "fully_accelerated": bool(model.is_fully_accelerated())}
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Silence native code writing to file descriptor 2 (Python's redirect_stderr cannot)."""
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

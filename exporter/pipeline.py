@@ -22,7 +22,7 @@ from calibration.sources import load_splits
 import exporter
 from exporter import environment
 from exporter.artifacts import PRECISIONS, artifact_name, write_bytes
-from exporter.errors import DataError, WeightsError
+from exporter.errors import WeightsError
 from exporter.progress import say
 from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training_dir
 
@@ -30,6 +30,8 @@ from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training
 MIN_INT8_AGREEMENT = 0.998
 MAX_INT8_MIOU_DROP = 0.001
 MAX_INT8_BYTES_PER_WEIGHT = 1.2
+# Speed targets, reported (never gated: a shared machine's timings are noisy).
+MIN_INT8_SPEEDUP = 2.5
 
 
 @dataclasses.dataclass
@@ -284,6 +286,16 @@ def checks(report: dict, weights_n: int) -> list[dict]:
         ratio = art["bytes"] / weights_n
         check(f"{f}: at most {MAX_INT8_BYTES_PER_WEIGHT}× one byte per weight", "size",
               ratio <= MAX_INT8_BYTES_PER_WEIGHT, f"{ratio:.3f} bytes per weight ({weights_n} weights)")
+        by_file = {a["file"]: a for a in report["artifacts"]}
+        t = str(max(report["benchmark"]["threads"])) if report["benchmark"]["threads"] else None
+        mine = art.get("latency_ms", {}).get(t, {}).get("median")
+        for other, target in ((f"{report['model']}_float32.tflite", MIN_INT8_SPEEDUP),
+                              (f"{report['model']}_float32.onnx", 1.0)):
+            theirs = by_file.get(other, {}).get("latency_ms", {}).get(t, {}).get("median")
+            if mine and theirs:
+                goal = f"at least {target}× as fast as" if target > 1 else "faster than"
+                check(f"{f}: {goal} {other} ({t} threads)", "speed",
+                      theirs / mine >= target if target > 1 else theirs > mine, f"{theirs / mine:.2f}× ({mine:.2f} vs {theirs:.2f} ms, same run)")
     return out
 
 
