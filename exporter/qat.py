@@ -12,9 +12,12 @@ The flow:
    (`LAYER_CONFIGS`): an output-only config (one moving-average 8-bit quantizer on the output) for
    layers that compute something, a no-op config for range-preserving ones (resizes, reshapes).
    Every layer is recorded with what it got and why; layers left unquantised are listed.
-3. `qat_model`: tfmot's `quantize_apply` on the annotated model. `fine_tune` trains it briefly at
-   a low learning rate (QAT ranges start at [-6, 6] with an EMA decay of 0.999 and the input
-   quantizer at [0, 0], so it must see at least one training step).
+3. `qat_model`: tfmot's `quantize_apply` on the annotated model, with tfmot's "X + ReLU" layout
+   transform corrected so that a transposed conv before a ReLU keeps its kernel quantizer
+   (`_scheme`). `fine_tune` first starts every activation range at the float model's min/max on
+   representative training samples (`calibrate_ranges`: tfmot starts them at [-6, 6] and moves
+   them with an EMA decay of 0.999, which a short fine-tune does not calibrate), then trains
+   briefly at a low learning rate (weight ranges are only set by a training step).
 4. `to_int8_tflite`: the QAT graph rebuilt at a static batch of 1 (the export contract) with the
    trained QAT weights copied in, converted by `exporter.convert.tflite.to_tflite` with the int8
    recipe (TFLITE_BUILTINS_INT8 only, representative samples calibrate the ops that carry no
@@ -97,6 +100,8 @@ class QATInfo:
 
     layers: list[LayerRecord]
     folded: list[dict]  # {"bn", "into"}
+    float_graph: object = None  # the folded float model the QAT model wraps (for range calibration)
+    ranges_calibrated: int = 0  # samples the activation ranges were initialised from (0: not yet)
 
     @property
     def unquantised(self) -> list[dict]:
@@ -105,7 +110,7 @@ class QATInfo:
 
     def to_json(self) -> dict:
         return {"layers": [r.to_json() for r in self.layers], "folded": list(self.folded),
-                "unquantised": self.unquantised}
+                "unquantised": self.unquantised, "ranges_calibrated_on": self.ranges_calibrated}
 
 
 def _tfmot():
@@ -365,8 +370,74 @@ def qat_model(float_model, config):
     annotated, decisions = annotate(folded_model)
     with quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=_scheme())
-    qat.qat_info = QATInfo(_records(folded_model, float_model, qat, decisions, folded), folded)
+    qat.qat_info = QATInfo(_records(folded_model, float_model, qat, decisions, folded), folded,
+                           float_graph=folded_model)
     return qat
+
+
+def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
+    """Start every activation range at the float model's min/max over `images`; returns how many.
+
+    tfmot starts each moving-average range at [-6, 6] and moves it with an EMA decay of 0.999, so a
+    short fine-tune leaves ReLU6 outputs with half their int8 codes spent on negative values and
+    wide tensors clipped at 6. Measuring the folded float model (what each wrapped layer computes)
+    on representative samples, as post-training calibration does, gives QAT a calibrated start:
+    output and post-activation ranges from each layer's output, pre-activation ranges (softmax,
+    sigmoid, tanh, gelu activations) from its output with the activation switched off. The input
+    quantizer gets the pixel range [0, 255] (widened if the samples exceed it).
+    """
+    info = qat.qat_info
+    graph = info.float_graph
+    known = {layer.name for layer in graph.layers}
+    post, pre = {}, {}  # inner layer name -> [(variable, "min"|"max")]
+    input_vars = []
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        for w in layer.weights:
+            kind, _, end = w.name.split(":")[0].split("/")[-1].rpartition("_")
+            if end not in ("min", "max"):
+                continue
+            if inner is None:
+                if type(layer).__name__ == "QuantizeLayer":
+                    input_vars.append((w, end))
+            elif inner.name in known and kind in ("output", "post_activation"):
+                post.setdefault(inner.name, []).append((w, end))
+            elif inner.name in known and kind == "pre_activation":
+                pre.setdefault(inner.name, []).append((w, end))
+    for targets, linear in ((post, False), (pre, True)):
+        if targets:
+            ranges = _measure(graph, list(targets), images, batch_size, linear)
+            for name, (lo, hi) in ranges.items():
+                for var, end in targets[name]:
+                    var.assign(min(lo, 0.0) if end == "min" else max(hi, 0.0))
+    pixels = images.astype(np.float32)
+    for var, end in input_vars:
+        var.assign(min(0.0, float(pixels.min())) if end == "min" else max(255.0, float(pixels.max())))
+    info.ranges_calibrated = len(images)
+    return len(post) + len(pre)
+
+
+def _measure(graph, names: list[str], images: np.ndarray, batch_size: int, linear: bool) -> dict:
+    """{layer: (min, max)} of the named layers' outputs (before their activation if `linear`)."""
+    saved = {}
+    if linear:
+        for name in names:
+            layer = graph.get_layer(name)
+            saved[name], layer.activation = layer.activation, keras.activations.linear
+    try:
+        probe = keras.Model(graph.inputs, [graph.get_layer(n).output for n in names])
+        lo = dict.fromkeys(names, np.inf)
+        hi = dict.fromkeys(names, -np.inf)
+        for start in range(0, len(images), batch_size):
+            outs = probe(images[start:start + batch_size].astype(np.float32), training=False)
+            outs = outs if isinstance(outs, (list, tuple)) else [outs]
+            for name, out in zip(names, outs):
+                lo[name] = min(lo[name], float(tf.reduce_min(out)))
+                hi[name] = max(hi[name], float(tf.reduce_max(out)))
+    finally:
+        for name, activation in saved.items():
+            graph.get_layer(name).activation = activation
+    return {name: (lo[name], hi[name]) for name in names}
 
 
 # Layers TFLite fuses into the op after them (or whose output tfmot quantises at the next layer).
@@ -412,8 +483,11 @@ def _records(model, float_model, qat, decisions, folded) -> list[LayerRecord]:
                 quantised, reason = True, f"no quantizer of its own: fused, quantised at {at}'s output"
             elif cls in _RANGE_PRESERVING:
                 reason = "tfmot default: range-preserving, no quantizer (int8 with its input's scale)"
+            elif cls == "Softmax":
+                reason = ("tfmot default: no quantizer; TFLite's int8 SOFTMAX has a fixed output scale "
+                          "(1/256), the converter calibrates its input")
             else:
-                reason = "tfmot gave it no quantizer"
+                reason = "tfmot default: no quantizer of its own; the converter calibrates its output"
         records.append(LayerRecord(name, cls, treatment, reason, n, quantised))
     by_name = {layer.name: layer for layer in float_model.layers}
     for f in folded:
@@ -428,12 +502,22 @@ def _records(model, float_model, qat, decisions, folded) -> list[LayerRecord]:
 
 
 def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, batch_size: int = 16,
-              seed: int = 0, steps_per_epoch: int | None = None) -> list[float]:
-    """Train the QAT model on the training split (flips, as `exporter.train`); per-epoch losses."""
+              seed: int = 0, steps_per_epoch: int | None = None, calibration_samples: int = 64) -> list[float]:
+    """Train the QAT model on the training split (flips, as `exporter.train`); per-epoch losses.
+
+    First (once) its activation ranges start from the float model's on `calibration_samples`
+    stratified training samples (`calibrate_ranges`); 0 keeps tfmot's [-6, 6] start.
+    """
     from exporter.train import _dataset, compile_for_training
 
     if epochs < 1:
-        raise ExporterError("QAT needs at least one training step (its input quantizer starts at [0, 0])")
+        raise ExporterError("QAT needs at least one training step (weight ranges are set in training)")
+    info = getattr(qat, "qat_info", None)
+    if info is not None and not info.ranges_calibrated and calibration_samples:
+        from calibration.sampling import representative_indices
+
+        idx, _ = representative_indices(splits.train, calibration_samples, seed=seed)
+        calibrate_ranges(qat, splits.train.images[idx])
     compile_for_training(qat, spec.output, learning_rate)
     tf.random.set_seed(seed)
     history = qat.fit(_dataset(splits, batch_size, seed), epochs=epochs, verbose=0,
@@ -446,6 +530,11 @@ def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, b
 
 
 def _check_trained(qat) -> None:
+    kernel_max = [w for layer in qat.layers for w in layer.weights
+                  if w.name.split(":")[0].split("/")[-1] in ("kernel_max", "depthwise_kernel_max")]
+    if kernel_max and all(np.all(w.numpy() == 6.0) for w in kernel_max):
+        raise ConversionError("the QAT model's weight ranges are still tfmot's initial [-6, 6]: "
+                              "fine-tune it for at least one step before converting")
     for layer in qat.layers:
         if type(layer).__name__ != "QuantizeLayer" or layer.quantizer is None:
             continue
