@@ -61,6 +61,16 @@ def activation_for(output: str) -> str:
         raise ValueError(f"unknown output kind {output!r}; one of {sorted(ACTIVATION_FOR_OUTPUT)}") from None
 
 
+def segmenter_metadata_for(config) -> dict:
+    """The metadata arguments for an architecture's exported file (pixels 0..255 in: mean 0, std 1)."""
+    import exporter
+    from architectures import get_spec
+
+    spec = get_spec(config.name)
+    return dict(name=config.name, description=spec.description, labels=list(config.labels),
+                mean=0.0, std=1.0, output_activation=activation_for(spec.output), version=exporter.__version__)
+
+
 def add_segmenter_metadata(model_content: bytes, *, name: str, description: str, labels: Sequence[str],
                            mean: float | Sequence[float] = 0.0, std: float | Sequence[float] = 1.0,
                            output_activation: str = "NONE", version: str = "",

@@ -19,7 +19,6 @@ from architectures import ModelConfig, build, get_spec, resolve_config
 from calibration.checks import check_labels
 from calibration.sampling import class_coverage, representative_indices
 from calibration.sources import load_splits
-import exporter
 from exporter import environment
 from exporter.artifacts import PRECISIONS, artifact_name, write_bytes
 from exporter.errors import WeightsError
@@ -127,7 +126,7 @@ def convert(opts: ConvertOptions) -> dict:
     from exporter.convert.signature import INPUT_NAME, export_model
     from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite
     from exporter.delegates import gpu_compatibility, gpu_runtime_check, onnx_mobile_usability
-    from exporter.metadata import activation_for, add_segmenter_metadata, mediapipe_problems
+    from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
     from exporter.parity import evaluate
     from exporter.runtimes import KerasRunner, open_runner
 
@@ -162,10 +161,7 @@ def convert(opts: ConvertOptions) -> dict:
             blob = to_tflite(fixed, config, precision, calib.images, io=opts.io)
             # Metadata MediaPipe Tasks' ImageSegmenter reads: labels, normalisation, activation.
             problems = mediapipe_problems(blob)
-            blob = add_segmenter_metadata(
-                blob, name=config.name, description=spec.description, labels=list(config.labels),
-                mean=0.0, std=1.0, output_activation=activation_for(spec.output),
-                version=exporter.__version__, check=False)
+            blob = add_segmenter_metadata(blob, **segmenter_metadata_for(config), check=False)
             if problems:
                 say(f"warning: {precision}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
             extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,

@@ -6,22 +6,8 @@ Parametrised over the registry, so a new architecture is tested without touching
 import numpy as np
 import pytest
 
-from architectures import build, get_spec, list_models, resolve_config
-
-CLASSES = 3
-
-
-def small_config(name, batch_size=None):
-    spec = get_spec(name)
-    size = max(spec.min_input, 64)
-    size = -(-size // spec.input_multiple) * spec.input_multiple
-    return resolve_config(name, input_size=size, num_classes=CLASSES, batch_size=batch_size)
-
-
-def pixels(config, n=1, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, *config.input_size, 3)).astype(np.float32)
-
+from architectures import build, get_spec, list_models
+from support import SMALL_CLASSES as CLASSES, pixels, small_config
 
 @pytest.fixture(scope="module", params=list_models())
 def built(request):

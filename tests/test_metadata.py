@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -19,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import support
+from support import needs_mediapipe, run_client
+
 from exporter.metadata import (LABELS_FILE, activation_for, add_segmenter_metadata, describe_metadata,
                                mediapipe_problems, read_metadata)
 
-ROOT = Path(__file__).resolve().parents[1]
-CLIENT = ROOT / "tests" / "mediapipe_client.py"
-MEDIAPIPE_PYTHON = Path(os.environ.get("MEDIAPIPE_PYTHON", ROOT / ".venv-mediapipe" / "bin" / "python"))
 SIZE = 64
 PRECISIONS = ("float32", "int8")
 MIN_AGREEMENT = 0.99
@@ -70,17 +68,9 @@ def exported():
 
 
 def litert_scores(blob: bytes, images: np.ndarray, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(dequantised float scores [N, H, W, C], raw output tensors) from LiteRT."""
-    from exporter.runtimes import LiteRTRunner
-
     path = tmp_path / f"m{abs(hash(blob))}.tflite"
     path.write_bytes(blob)
-    runner = LiteRTRunner(path, threads=1)
-    scores, raw = [], []
-    for image in images:
-        scores.append(runner.predict(image[None])[0])
-        raw.append(runner.interpreter.get_tensor(runner.output["index"])[0].copy())
-    return np.stack(scores), np.stack(raw)
+    return support.litert_scores(path, images)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -180,21 +170,6 @@ def test_metadata_leaves_the_model_unchanged(exported, precision, tmp_path):
     _, raw_md = litert_scores(with_md, images, tmp_path)
     np.testing.assert_array_equal(raw_md, raw_plain)
     assert op_histogram(with_md) == op_histogram(plain)
-
-
-def run_client(model: Path, images: np.ndarray, out_dir: Path) -> subprocess.CompletedProcess:
-    images_path = out_dir / "images.npy"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(images_path, images)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(GLOG_minloglevel="2", TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([str(MEDIAPIPE_PYTHON), str(CLIENT), str(model), str(images_path), str(out_dir)],
-                          capture_output=True, text=True, timeout=300, env=env)
-
-
-needs_mediapipe = pytest.mark.skipif(
-    not MEDIAPIPE_PYTHON.exists(),
-    reason=f"MediaPipe client environment missing ({MEDIAPIPE_PYTHON}); create it with `make mediapipe-env`")
 
 
 @needs_mediapipe
