@@ -125,6 +125,18 @@ def convert(
     val_samples: ValSamplesOpt = 100,
     gpu: Annotated[bool, typer.Option("--gpu", help="Fail unless the float TFLite files are fully GPU-delegate compatible.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit non-zero when an accuracy check fails (for CI gates).")] = False,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantisation-aware training from the trained float model: "
+                                                     "MODEL_int8.tflite comes from QAT, the post-training file is "
+                                                     "measured beside it as MODEL_int8_ptq.tflite. Implies --int8.")] = False,
+    qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 2,
+    qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a tenth of the model's).")] = None,
+    keep_float: Annotated[Optional[str], typer.Option(
+        "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "
+                             "worst-ranked layers that meet --max-miou-drop on held-out data) or LAYER,LAYER "
+                             "(names from `exporter inspect --quant`). Implies --int8.")] = None,
+    max_miou_drop: Annotated[float, typer.Option(help="--keep-float auto target: mIoU points below float.")] = 0.1,
+    keep_float_tries: Annotated[int, typer.Option(help="--keep-float auto: at most this many layers kept float.")] = 4,
+    layer_errors: Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")] = 10,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
     from exporter.errors import ParityError
@@ -143,6 +155,8 @@ def convert(
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
+        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, keep_float=keep_float, max_miou_drop=max_miou_drop / 100,
+        keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
     ))
     typer.echo(summary_table(report))
     for check in report["checks"]:
@@ -154,11 +168,18 @@ def convert(
 
 
 @app.command()
-def inspect(path: Annotated[Path, typer.Argument(help="A .tflite or .onnx file.")]) -> None:
-    """Print a model file's inputs, outputs and op histogram."""
-    from exporter.inspect import describe_file
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A .tflite or .onnx file.")],
+    quant: Annotated[bool, typer.Option(
+        "--quant", help="Per-layer int8 error of a post-training int8 .tflite written by `exporter convert` "
+                        "(its report.json beside it names the float model and data), on held-out samples.")] = False,
+    top: Annotated[int, typer.Option(help="--quant: how many of the worst layers to list.")] = 15,
+    samples: Annotated[int, typer.Option(help="--quant: held-out samples to measure on.")] = 32,
+) -> None:
+    """Print a model file's inputs, outputs and op histogram (--quant: its worst layers by int8 error)."""
+    from exporter.inspect import describe_file, quant_errors
 
-    typer.echo(describe_file(path))
+    typer.echo(quant_errors(path, top=top, samples=samples) if quant else describe_file(path))
 
 
 def main() -> None:

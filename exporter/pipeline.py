@@ -20,8 +20,8 @@ from calibration.checks import check_labels
 from calibration.sampling import class_coverage, representative_indices
 from calibration.sources import load_splits
 from exporter import environment
-from exporter.artifacts import PRECISIONS, artifact_name, write_bytes
-from exporter.errors import WeightsError
+from exporter.artifacts import PRECISIONS, artifact_name, write_bytes, write_json
+from exporter.errors import ExporterError, WeightsError
 from exporter.progress import say
 from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training_dir
 
@@ -51,7 +51,34 @@ class ConvertOptions:
     val_samples: int = 100
     bench: bool = True
     gpu: bool = False  # fail unless every float TFLite file is fully GPU-delegate compatible
+    # Quantisation-aware training: the shipped <model>_int8.tflite comes from QAT (method "qat"),
+    # the post-training one is still measured, as <model>_int8_ptq.tflite. Implies int8.
+    qat: bool = False
+    qat_epochs: int = 2
+    qat_lr: float | None = None  # None: a tenth of the architecture's training learning rate
+    # Layers kept float in an extra <model>_int8_mixed.tflite: "auto" or "LAYER,LAYER". Implies int8.
+    keep_float: str | None = None
+    max_miou_drop: float = MAX_INT8_MIOU_DROP  # the auto target (fraction below the float mIoU)
+    keep_float_tries: int = 4  # at most this many layers kept float by "auto"
+    layer_errors: int = 10  # worst layers (QuantizationDebugger, held-out) in the report; 0: none
+    debug_samples: int = 32  # held-out samples the debugger measures on
     command: str = ""
+
+    def wants_int8(self) -> bool:
+        return "int8" in self.precisions or self.qat or bool(self.keep_float)
+
+    def keep_float_layers(self) -> list[str] | None:
+        """None: no --keep-float; ["auto"] or the named layers."""
+        if self.keep_float is None:
+            return None
+        spec = self.keep_float.strip()
+        if spec == "auto":
+            return ["auto"]
+        layers = [x.strip() for x in spec.split(",") if x.strip()]
+        if not layers:
+            raise ExporterError(f"--keep-float {self.keep_float!r}: expected 'auto' or layer names "
+                                "separated by commas (see `exporter inspect --quant`)")
+        return layers
 
 
 def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
@@ -131,8 +158,17 @@ def convert(opts: ConvertOptions) -> dict:
     from exporter.runtimes import KerasRunner, open_runner
 
     started = time.time()
+    keep_float = opts.keep_float_layers()  # bad --keep-float fails before any work
+    if opts.qat and opts.qat_epochs < 1:
+        raise ExporterError(f"--qat-epochs {opts.qat_epochs}: QAT needs at least one epoch "
+                            "(weight ranges are only set by a training step)")
+    if keep_float == ["auto"] and opts.keep_float_tries < 1:
+        raise ExporterError(f"--keep-float-tries {opts.keep_float_tries}: must be at least 1")
+    wanted = set(opts.precisions) | ({"int8"} if opts.wants_int8() else set())
     spec, config, splits, model, training = prepare_model(opts)
     fixed = export_model(model, config)
+    if keep_float and keep_float != ["auto"]:
+        _check_layer_names(keep_float, fixed)
     final_dir = Path(opts.out) / config.name
     staging = Path(opts.out) / f".{config.name}.staging-{os.getpid()}"
     if staging.exists():
@@ -144,31 +180,45 @@ def convert(opts: ConvertOptions) -> dict:
         if missing:
             say(f"warning: classes absent from calibration samples: {', '.join(missing)}")
         calib = splits.train.subset(calib_idx)
+        val = splits.val
 
         artifacts: list[dict] = []
 
-        def add(fmt, precision, method, blob, extra=None):
-            name = artifact_name(config.name, precision, fmt)
+        def add(fmt, precision, method, blob, extra=None, name=None):
+            name = name or artifact_name(config.name, precision, fmt)
             write_bytes(staging / name, blob)
             artifacts.append({"file": name, "format": fmt, "precision": precision, "method": method,
                               "bytes": len(blob), **(extra or {})})
             say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
 
-        precisions = ["float32"] + [p for p in PRECISIONS if p in opts.precisions and p != "float32"]
+        def with_metadata(blob, what):
+            """The blob with MediaPipe segmenter metadata, and the artifact entry's TFLite facts."""
+            problems = mediapipe_problems(blob)
+            blob = add_segmenter_metadata(blob, **segmenter_metadata_for(config), check=False)
+            if problems:
+                say(f"warning: {what}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
+            return blob, {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,
+                          "gpu": gpu_compatibility(blob)}
+
+        quantisation: dict = {}
+        precisions = ["float32"] + [p for p in PRECISIONS if p in wanted and p != "float32"]
         for precision in precisions:
             say(f"converting to TFLite {precision}" + (
                 f" (post-training, {len(calib)} calibration samples)" if precision in CALIBRATED else ""))
             blob = to_tflite(fixed, config, precision, calib.images, io=opts.io)
             # Metadata MediaPipe Tasks' ImageSegmenter reads: labels, normalisation, activation.
-            problems = mediapipe_problems(blob)
-            blob = add_segmenter_metadata(blob, **segmenter_metadata_for(config), check=False)
-            if problems:
-                say(f"warning: {precision}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
-            extra = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,
-                     "gpu": gpu_compatibility(blob)}
+            blob, extra = with_metadata(blob, precision)
+            name = None
             if precision == "int8":
                 extra["io"] = opts.io
-            add("tflite", precision, "none" if precision == "float32" else "ptq", blob, extra)
+                if opts.qat:  # the QAT file ships as <model>_int8.tflite; PTQ is measured beside it
+                    name = f"{config.name}_int8_ptq.tflite"
+                    extra["role"] = PTQ_BASELINE
+            add("tflite", precision, "none" if precision == "float32" else "ptq", blob, extra, name=name)
+            if precision == "int8" and opts.qat:
+                blob, quantisation["qat"] = _qat_int8(opts, spec, config, splits, model, calib)
+                blob, extra = with_metadata(blob, "int8 (QAT)")
+                add("tflite", "int8", "qat", blob, {**extra, "io": opts.io})
         if opts.onnx:
             say("converting to ONNX float32 (tf2onnx)")
             onnx_blob = to_onnx(fixed, config)
@@ -182,9 +232,40 @@ def convert(opts: ConvertOptions) -> dict:
         if opts.gpu:
             _require_gpu_compatible(artifacts)
 
-        say(f"validating on {len(splits.val)} held-out samples")
-        val = splits.val
+        # The float reference on the held-out samples (the auto keep-float search measures against it).
         ref = evaluate(KerasRunner(fixed), val.images, val.masks, config.num_classes)
+        if "int8" in precisions and (opts.layer_errors or keep_float):
+            from exporter.quant_debug import ROUNDING_RMSE_OVER_SCALE, QuantDebugSession
+
+            debug_n = min(opts.debug_samples, len(val))
+            say(f"per-layer int8 error (TFLite QuantizationDebugger) on {debug_n} held-out samples")
+            session = QuantDebugSession(fixed, config, calib.images, val.images[:debug_n])
+            ranking = session.layer_stats()
+            quantisation["layer_errors"] = {
+                "method": "TFLite QuantizationDebugger: each int8 op against the float op on the same "
+                          "(dequantised) input, post-training int8 calibrated on the run's calibration samples",
+                "metric": "RMSE / scale: the op's output error in int8 steps",
+                "rounding_only": round(ROUNDING_RMSE_OVER_SCALE, 4),
+                "split": "held-out",
+                "samples": debug_n,
+                "heldout_ids": list(val.ids[:debug_n]),
+                "tensors": len(ranking),
+                "worst": [_round_row(r) for r in ranking[:opts.layer_errors or len(ranking)]],
+            }
+            if keep_float:
+                recipe, selective = _keep_float(opts, keep_float, session, fixed, config, val, ref, ranking, calib)
+                quantisation["keep_float"] = recipe
+                recipe_name = f"{config.name}_int8_mixed.recipe.json"
+                if selective is not None:
+                    blob, extra = with_metadata(selective.blob, "int8 with float layers")
+                    add("tflite", "int8", "ptq", blob, {
+                        **extra, "io": opts.io, "role": "selective", "keep_float": recipe["keep_float"],
+                        "full_integer": not extra["float_ops"], "recipe": recipe_name},
+                        name=recipe["file"])
+                write_json(staging / recipe_name, recipe)
+                say(f"wrote {recipe_name} (kept float: {', '.join(recipe['keep_float']) or 'nothing'})")
+
+        say(f"validating on {len(val)} held-out samples")
         for art in artifacts:
             result = evaluate(open_runner(staging / art["file"]), val.images, val.masks, config.num_classes,
                               reference_preds=ref["preds"],
@@ -197,6 +278,8 @@ def convert(opts: ConvertOptions) -> dict:
             )
             if "max_abs_diff" in result:
                 art["max_abs_diff"] = result["max_abs_diff"]
+        if quantisation:
+            quantisation["unquantised"] = _unquantised(artifacts, quantisation)
 
         bench = {"threads": list(opts.threads), "baseline": artifacts[0]["file"], "runs_per_variant": 0}
         if opts.bench:
@@ -226,9 +309,12 @@ def convert(opts: ConvertOptions) -> dict:
                 "parameters": int(fixed.count_params()),
                 "weights_after_bn_folding": weights_n,
             },
-            "data": {**splits.describe(), "spec": opts.data},
+            "weights": str(Path(opts.weights).resolve()) if opts.weights is not None else None,
+            "data": {**splits.describe(), "spec": opts.data,
+                     "requested": {"train_samples": opts.train_samples, "val_samples": opts.val_samples}},
             "calibration": {
                 "samples": len(calib),
+                "requested": opts.calibration_samples,
                 "method": "stratified from the training split: every class present first, then random",
                 "missing_classes": missing,
                 "coverage": class_coverage(calib, config.labels),
@@ -241,6 +327,8 @@ def convert(opts: ConvertOptions) -> dict:
             "artifacts": artifacts,
             "seconds": round(time.time() - started, 1),
         }
+        if quantisation:
+            report["quantisation"] = quantisation
         report["checks"] = checks(report, weights_n)
         from exporter.report import write_report
 
@@ -250,6 +338,128 @@ def convert(opts: ConvertOptions) -> dict:
         if staging.exists():
             shutil.rmtree(staging)
     return report
+
+
+# The post-training int8 file measured beside a QAT one (its checks are reported, not gated).
+PTQ_BASELINE = "ptq-baseline"
+
+
+def _qat_int8(opts: ConvertOptions, spec, config, splits, model, calib) -> tuple[bytes, dict]:
+    """QAT from the trained float model: fine-tune at a low learning rate, convert to int8."""
+    from exporter.qat import fine_tune, qat_model, to_int8_tflite
+
+    lr = opts.qat_lr if opts.qat_lr is not None else spec.learning_rate / 10
+    say(f"quantisation-aware training (tfmot): {opts.qat_epochs} epoch(s) at learning rate {lr:g} "
+        f"on {len(splits.train)} training samples, from the trained float model")
+    t0 = time.time()
+    qat = qat_model(model, config)
+    losses = fine_tune(qat, splits, spec, epochs=opts.qat_epochs, learning_rate=lr,
+                       batch_size=opts.schedule.batch_size, seed=opts.schedule.seed,
+                       calibration_samples=len(calib))
+    say("converting the QAT model to full-integer TFLite int8")
+    blob = to_int8_tflite(qat, config, calib.images, io=opts.io)
+    info = qat.qat_info.to_json()
+    return blob, {
+        "file": f"{config.name}_int8.tflite",
+        "epochs": opts.qat_epochs,
+        "learning_rate": lr,
+        "batch_size": opts.schedule.batch_size,
+        "training_samples": len(splits.train),
+        "losses": [round(x, 6) for x in losses],
+        "seconds": round(time.time() - t0, 1),
+        "ranges_calibrated_on": info["ranges_calibrated_on"],
+        "folded_batchnorms": info["folded"],
+        "layers": info["layers"],
+        "onnx": QAT_ONNX_NOTE,
+    }
+
+
+# Why there is no QAT ONNX file (see README, "Quantisation-aware training").
+QAT_ONNX_NOTE = ("not written: tf2onnx turns the QAT graph's activation fake-quant ops into "
+                 "QuantizeLinear/DequantizeLinear but folds tfmot's per-channel weight fake-quant into float "
+                 "constants, so the file would hold float weights (as large as the float32 ONNX) and would "
+                 "not be an int8 model; the int8 ONNX file of a --qat run is the post-training one (method ptq)")
+
+
+def _round_row(row: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) and np.isfinite(v) else v) for k, v in row.items()}
+
+
+def _keep_float(opts, keep_float, session, fixed, config, val, ref, ranking, calib):
+    """The recipe (what stays float, why, what it cost) and the selective file (None: not needed)."""
+    from exporter.quant_debug import keep_float_auto
+
+    rank_of = {}
+    for row in ranking:
+        rank_of.setdefault(row["layer"], (len(rank_of) + 1, row["rmse_over_scale"]))
+    recipe = {"model": config.name, "file": f"{config.name}_int8_mixed.tflite",
+              "base": f"post-training int8 (TFLite converter), calibrated on the run's {len(calib)} "
+                      "stratified training samples", "io": opts.io}
+    if keep_float == ["auto"]:
+        say(f"--keep-float auto: keeping the worst layers float until held-out mIoU is within "
+            f"{100 * opts.max_miou_drop:g} point(s) of float (at most {opts.keep_float_tries} layers)")
+        found = keep_float_auto(fixed, config, None, val, max_miou_drop=opts.max_miou_drop,
+                                max_tries=opts.keep_float_tries, io=opts.io, session=session, reference=ref)
+        chosen, selective = found["keep_float"], found["selective"]
+        recipe.update(mode="auto", max_miou_drop=opts.max_miou_drop, max_tries=opts.keep_float_tries,
+                      reference_miou=round(found["reference_miou"], 6), target_miou=round(found["target_miou"], 6),
+                      met=found["met"], skipped=found["skipped"],
+                      trials=[_round_row(t) for t in found["trials"]],
+                      measured_on=f"{len(val)} held-out samples")
+        if not found["met"]:
+            say(f"warning: --keep-float auto: the mIoU target was not met with {len(chosen)} layer(s) kept float")
+        if not chosen:
+            recipe["file"] = None
+            recipe["note"] = "The full-integer file already meets the target: no layer kept float, no extra file"
+            selective = None
+    else:
+        chosen = list(keep_float)
+        say(f"--keep-float: keeping {', '.join(chosen)} float")
+        selective = session.quantize(chosen, io=opts.io)
+        recipe["mode"] = "manual"
+    recipe["keep_float"] = list(chosen)
+    recipe["layers"] = [{"layer": layer, "reason": (
+        ("auto: " if recipe["mode"] == "auto" else "asked for (--keep-float); ")
+        + (f"ranked #{rank_of[layer][0]} by RMSE/scale ({rank_of[layer][1]:.3f}) on held-out samples"
+           if layer in rank_of else "no quantised op of its own"))} for layer in chosen]
+    if selective is not None:
+        recipe.update(denylisted_nodes=selective.denylisted_nodes, not_honoured=selective.not_honoured,
+                      float_ops=sorted(set(selective.float_ops)), full_integer=selective.full_integer)
+        if selective.not_honoured:
+            say(f"warning: --keep-float: the quantiser kept {len(selective.not_honoured)} denylisted tensor(s) "
+                f"int8 anyway: {', '.join(selective.not_honoured[:3])}")
+    return recipe, selective
+
+
+def _check_layer_names(names: list[str], model) -> None:
+    """Fail early (before any conversion) on a --keep-float name that is no layer of the model."""
+    import difflib
+
+    layers = [layer.name for layer in model.layers]
+    for name in names:
+        if name not in layers and ";" not in name and "/" not in name:  # TFLite tensor names pass through
+            close = difflib.get_close_matches(name, layers, n=3)
+            raise ExporterError(f"--keep-float: {model.name} has no layer {name!r}"
+                                + (f" (did you mean {', '.join(close)}?)" if close else "")
+                                + "; `exporter inspect --quant FILE` lists the layers by int8 error")
+
+
+def _unquantised(artifacts: list[dict], quantisation: dict) -> dict:
+    """{int8 TFLite file: [{"layer", "cls", "reason"}]}: what has no int8 of its own, and why."""
+    out = {}
+    for art in artifacts:
+        if art["format"] != "tflite" or art["precision"] != "int8":
+            continue
+        if art["method"] == "qat":
+            out[art["file"]] = [{"layer": r["layer"], "cls": r["cls"], "reason": r["reason"]}
+                                for r in quantisation["qat"]["layers"] if not r["quantised"]]
+        elif art.get("role") == "selective":
+            out[art["file"]] = [{"layer": x["layer"], "cls": "", "reason": x["reason"]}
+                                for x in quantisation["keep_float"]["layers"]]
+        else:
+            out[art["file"]] = [{"layer": op, "cls": op, "reason": "computes in float (converter left it)"}
+                                for op in sorted(set(art["float_ops"]))]
+    return out
 
 
 def _require_gpu_compatible(artifacts: list[dict]) -> None:
@@ -273,11 +483,15 @@ def checks(report: dict, weights_n: int) -> list[dict]:
         if art["precision"] != "int8" or art["format"] != "tflite":
             continue
         f = art["file"]
-        check(f"{f}: agreement >= {100 * MIN_INT8_AGREEMENT:.1f}%", "accuracy",
+        # The PTQ file measured beside a QAT one is reported, not gated (the QAT file ships).
+        kind = "reported" if art.get("role") == PTQ_BASELINE else "accuracy"
+        check(f"{f}: agreement >= {100 * MIN_INT8_AGREEMENT:.1f}%", kind,
               art["agreement"] >= MIN_INT8_AGREEMENT, f"{100 * art['agreement']:.3f}%")
-        check(f"{f}: mIoU at most {100 * MAX_INT8_MIOU_DROP:.1f} point below float", "accuracy",
+        check(f"{f}: mIoU at most {100 * MAX_INT8_MIOU_DROP:.1f} point below float", kind,
               art["miou_delta"] >= -MAX_INT8_MIOU_DROP, f"{100 * art['miou_delta']:+.3f} points")
-        check(f"{f}: no float op inside", "accuracy", not art["float_ops"],
+        if art.get("role") == "selective":
+            continue  # float ops and float weights are what --keep-float asked for
+        check(f"{f}: no float op inside", kind, not art["float_ops"],
               ", ".join(sorted(set(art["float_ops"]))) or "none")
         ratio = art["bytes"] / weights_n
         check(f"{f}: at most {MAX_INT8_BYTES_PER_WEIGHT}× one byte per weight", "size",

@@ -61,6 +61,8 @@ def to_markdown(report: dict, figure: str | None) -> str:
         lines += ["## Checks", ""] + [f"- {c['name']}: **{'pass' if c['passed'] else 'FAIL'}** ({c['detail']})"
                                       for c in report["checks"]] + [""]
     lines += ["## Per-class IoU", "", _per_class_table(report), ""]
+    if report.get("quantisation"):
+        lines += _quantisation_sections(report)
     lines += ["## Mobile delegates", "", _delegates_table(report), ""]
     cal = report["calibration"]
     lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}.", ""]
@@ -76,6 +78,112 @@ def to_markdown(report: dict, figure: str | None) -> str:
     if figure:
         lines += ["", f"![latency and accuracy]({figure})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _by_role(report: dict) -> dict:
+    """The int8 TFLite files by role: "ptq" (post-training), "qat", "selective" (layers kept float)."""
+    out = {}
+    for a in report["artifacts"]:
+        if a["format"] == "tflite" and a["precision"] == "int8":
+            role = "selective" if a.get("role") == "selective" else a["method"]
+            out.setdefault(role, a)
+    return out
+
+
+def _quantisation_sections(report: dict) -> list[str]:
+    q = report["quantisation"]
+    threads = report["benchmark"]["threads"]
+    files = _by_role(report)
+    lines: list[str] = []
+    if "qat" in files and "ptq" in files:
+        ptq, qat = files["ptq"], files["qat"]
+        lines += ["## Post-training vs quantisation-aware int8", "",
+                  f"Both from the same trained float model and the same {report['calibration']['samples']} "
+                  f"calibration samples, measured on the same held-out samples; `{qat['file']}` (QAT) is the "
+                  "file to ship, the post-training file is kept for this comparison.", "",
+                  f"| | {ptq['file']} (ptq) | {qat['file']} (qat) |", "|---|---|---|",
+                  f"| mIoU | {_fmt(ptq['miou'])} | {_fmt(qat['miou'])} |",
+                  f"| ΔmIoU vs float | {ptq['miou_delta']:+.4f} | {qat['miou_delta']:+.4f} |",
+                  f"| agreement with float | {100 * ptq['agreement']:.2f}% | {100 * qat['agreement']:.2f}% |",
+                  f"| size | {ptq['bytes'] / 1e6:.2f} MB | {qat['bytes'] / 1e6:.2f} MB |"]
+        for t in threads:
+            lines.append(f"| median latency, {t} thread(s) | {_fmt(_latency(ptq, t), 2)} ms | "
+                         f"{_fmt(_latency(qat, t), 2)} ms |")
+        ref = report["reference"]["per_class_iou"]
+        for label in report["labels"]:
+            deltas = []
+            for a in (ptq, qat):
+                v, r = a["per_class_iou"].get(label), ref.get(label)
+                deltas.append(f"{v - r:+.4f}" if v is not None and r is not None else "–")
+            lines.append(f"| IoU Δ {label} | {deltas[0]} | {deltas[1]} |")
+        lines.append("")
+    if q.get("qat"):
+        t = q["qat"]
+        lines += ["## Quantisation-aware training", "",
+                  f"tfmot QAT from the trained float model: {t['epochs']} epoch(s) at learning rate "
+                  f"{t['learning_rate']:g}, batch {t['batch_size']}, {t['training_samples']} training samples "
+                  f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "
+                  f"from the float model's on {t['ranges_calibrated_on']} calibration samples; "
+                  f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first. "
+                  f"QAT ONNX: {t['onnx']}.", ""]
+    if q.get("unquantised") is not None:
+        lines += ["## Layers left unquantised", ""]
+        for f, rows in q["unquantised"].items():
+            if not rows:
+                lines += [f"- `{f}`: none (every op computes in int8)"]
+                continue
+            what = ("layers with no fake-quant point of their own in the QAT model (the int8 file has "
+                    "no float op: " + ("none" if not _art(report, f)["float_ops"] else
+                                       ", ".join(sorted(set(_art(report, f)["float_ops"])))) + ")"
+                    if _art(report, f)["method"] == "qat" else "kept in float")
+            lines += [f"- `{f}`: {len(rows)} {what}:"]
+            lines += [f"  - {r['layer']}" + (f" ({r['cls']})" if r["cls"] else "") + f": {r['reason']}"
+                      for r in rows]
+        lines.append("")
+    if q.get("layer_errors"):
+        le = q["layer_errors"]
+        lines += ["## Per-layer int8 error", "",
+                  f"The {len(le['worst'])} worst of {le['tensors']} quantised tensors, {le['metric']} "
+                  f"(rounding alone: {le['rounding_only']:.2f}), on {le['samples']} held-out samples "
+                  f"(never calibration samples). {le['method']}.", "",
+                  "| # | layer | op | RMSE/scale | RMSE | max abs error | scale |", "|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(le["worst"], 1):
+            lines.append(f"| {i} | {r['layer']} | {r['op']} | {r['rmse_over_scale']:.3f} | {r['rmse']:.4g} | "
+                         f"{r['max_abs_error']:.4g} | {r['scale']:.4g} |")
+        lines.append("")
+    if q.get("keep_float"):
+        k = q["keep_float"]
+        lines += ["## Layers kept float", ""]
+        recipe = f"{report['model']}_int8_mixed.recipe.json"
+        kept = ", ".join(k["keep_float"]) or "none"
+        lines.append(f"Mode: {k['mode']}; kept float: {kept} (recipe: `{recipe}`).")
+        if k["mode"] == "auto":
+            lines.append(f"Target: held-out mIoU ≥ {k['target_miou']:.4f} (float {k['reference_miou']:.4f} − "
+                         f"{100 * k['max_miou_drop']:g} point), at most {k['max_tries']} layers: "
+                         f"**{'met' if k['met'] else 'not met'}**.")
+        if k.get("note"):
+            lines.append(k["note"] + ".")
+        lines.append("")
+        if k["mode"] == "auto":
+            lines += ["| try | kept float | mIoU | ΔmIoU | agreement | float ops |", "|---|---|---|---|---|---|"]
+            for i, t in enumerate(k["trials"]):
+                lines.append(f"| {i} | {', '.join(t['keep_float']) or 'none'} | {t['miou']:.4f} | "
+                             f"{t['miou_delta']:+.4f} | {100 * t['agreement']:.2f}% | {t['float_ops']} |")
+            lines.append("")
+        sel, full = files.get("selective"), files.get("ptq")
+        if sel and full:
+            for t in threads:
+                mine, theirs = _latency(sel, t), _latency(full, t)
+                if mine and theirs:
+                    lines.append(f"- latency cost, {t} thread(s): {mine:.2f} ms vs {theirs:.2f} ms for "
+                                 f"`{full['file']}` ({mine / theirs:.2f}×, same run)")
+            lines += [f"- size: {sel['bytes'] / 1e6:.2f} MB vs {full['bytes'] / 1e6:.2f} MB",
+                      f"- float ops inside: {', '.join(sorted(set(sel['float_ops']))) or 'none'}", ""]
+    return lines
+
+
+def _art(report: dict, name: str) -> dict:
+    return next(a for a in report["artifacts"] if a["file"] == name)
 
 
 def _delegates_table(report: dict) -> str:

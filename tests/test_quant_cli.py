@@ -1,0 +1,203 @@
+"""--qat, --keep-float (auto and manual) and `inspect --quant` through the real console script.
+
+One small UNet (64x64, 4 training epochs, 1 QAT epoch, 16 calibration and 16 held-out samples) is
+trained once by the QAT run; the manual --keep-float run reuses its weights. Real files, real
+LiteRT; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXPORTER
+from test_cli import assert_one_line_error
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["--input-size", "64", "--train-samples", "64", "--val-samples", "16", "--calibration-samples", "16",
+         "--threads", "1", "--no-onnx"]
+SAFE_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD")  # ops the quantiser honours a denylist for
+
+
+def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([EXPORTER, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
+
+
+def tflite_facts(path: Path) -> tuple:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from exporter.convert.tflite import float_ops
+
+    blob = path.read_bytes()
+    interp = Interpreter(model_content=blob)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    return inp["dtype"], tuple(inp["shape"]), float_ops(blob)
+
+
+@pytest.fixture(scope="module")
+def qat_run(tmp_path_factory):
+    """convert --int8 --qat --keep-float auto: trains (4 epochs on 160 scenes, enough for the float
+    model to segment rather than paint one class), fine-tunes, converts, searches, reports."""
+    root = tmp_path_factory.mktemp("qat")
+    result = cli("convert", "--model", "unet", "--int8", "--qat", "--qat-epochs", "1", "--epochs", "4",
+                 "--keep-float", "auto", "--keep-float-tries", "2", "--layer-errors", "200", *SMALL,
+                 "--train-samples", "160",
+                 "--out", "out", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = root / "out" / "unet"
+    return root, folder, json.loads((folder / "report.json").read_text()), result
+
+
+@pytest.fixture(scope="module")
+def manual_run(qat_run):
+    """convert --keep-float LAYER with the QAT run's trained weights (no training, no QAT)."""
+    root, folder, report, _ = qat_run
+    layer = next(r["layer"] for r in report["quantisation"]["layer_errors"]["worst"] if r["op"] in SAFE_OPS)
+    result = cli("convert", "--model", "unet", "--weights", folder / "training" / "weights.h5",
+                 "--keep-float", layer, *SMALL, "--out", "manual", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = root / "manual" / "unet"
+    return layer, out, json.loads((out / "report.json").read_text())
+
+
+def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
+    _, folder, report, result = qat_run
+    arts = {a["file"]: a for a in report["artifacts"]}
+    qat, ptq = arts["unet_int8.tflite"], arts["unet_int8_ptq.tflite"]
+    assert qat["method"] == "qat" and ptq["method"] == "ptq" and ptq["role"] == "ptq-baseline"
+    for art in (qat, ptq):
+        dtype, shape, floats = tflite_facts(folder / art["file"])
+        assert dtype == np.uint8 and shape == (1, 64, 64, 3) and floats == [] and art["float_ops"] == []
+        assert art["bytes"] == (folder / art["file"]).stat().st_size
+        assert art["latency_ms"]["1"]["median"] > 0
+        assert set(art["per_class_iou"]) == set(report["labels"])
+    # Same run, same held-out samples, same benchmark: side by side.
+    assert qat["latency_ms"]["1"]["runs"] == ptq["latency_ms"]["1"]["runs"]
+    assert qat["agreement"] >= 0.9, qat  # a broken QAT graph agrees on ~1/classes of the pixels
+    q = report["quantisation"]["qat"]
+    assert q["epochs"] == 1 and len(q["losses"]) == 1 and math.isfinite(q["losses"][0])
+    assert q["ranges_calibrated_on"] == report["calibration"]["samples"] == 16
+    assert q["learning_rate"] == pytest.approx(1e-4)  # a tenth of UNet's 1e-3
+    assert "not written" in q["onnx"]
+    # The QAT file, not the PTQ baseline, is what --strict gates on.
+    kinds = {c["name"].split(":")[0]: c["kind"] for c in report["checks"] if "agreement" in c["name"]}
+    assert kinds["unet_int8.tflite"] == "accuracy" and kinds["unet_int8_ptq.tflite"] == "reported"
+    md = (folder / "report.md").read_text()
+    assert "## Post-training vs quantisation-aware int8" in md
+    assert "| unet_int8.tflite | int8 | qat |" in md and "| unet_int8_ptq.tflite | int8 | ptq |" in md
+    for label in report["labels"]:
+        assert f"| IoU Δ {label} |" in md
+    ref = report["reference"]["per_class_iou"][report["labels"][0]]
+    delta = qat["per_class_iou"][report["labels"][0]] - ref
+    assert f"{delta:+.4f}" in md
+
+
+def test_unquantised_layers_are_listed_with_reasons(qat_run):
+    _, folder, report, _ = qat_run
+    unq = report["quantisation"]["unquantised"]
+    assert unq["unet_int8_ptq.tflite"] == []
+    qat_rows = {r["layer"]: r for r in unq["unet_int8.tflite"]}
+    assert {"up0_bn", "up1_bn", "up2_bn"} <= set(qat_rows)  # folded into the transposed convs
+    assert all(r["reason"] for r in qat_rows.values())
+    records = {r["layer"]: r for r in report["quantisation"]["qat"]["layers"]}
+    assert set(qat_rows) == {name for name, r in records.items() if not r["quantised"]}
+    md = (folder / "report.md").read_text()
+    assert "## Layers left unquantised" in md and "up0_bn (BatchNormalization): folded exactly into up0_deconv" in md
+
+
+def test_per_layer_errors_are_measured_on_heldout_samples(qat_run):
+    _, folder, report, _ = qat_run
+    le = report["quantisation"]["layer_errors"]
+    assert le["split"] == "held-out" and le["samples"] == 16
+    assert le["heldout_ids"] == report["data"]["heldout_ids"][:16]
+    scores = [r["rmse_over_scale"] for r in le["worst"]]
+    assert len(scores) == le["tensors"] > 40 and scores == sorted(scores, reverse=True)
+    assert all(s >= 0 and r["layer"] for s, r in zip(scores, le["worst"]))
+    md = (folder / "report.md").read_text()
+    assert "## Per-layer int8 error" in md and f"| 1 | {le['worst'][0]['layer']} |" in md
+    # The calibration table: sample count, method, every class.
+    assert "16 samples, stratified from the training split" in md
+    for label in report["labels"]:
+        assert f"| {label} | " in md
+
+
+def test_keep_float_auto_keeps_the_fewest_worst_layers_and_saves_the_recipe(qat_run):
+    _, folder, report, _ = qat_run
+    recipe = json.loads((folder / "unet_int8_mixed.recipe.json").read_text())
+    assert recipe == report["quantisation"]["keep_float"]
+    assert recipe["mode"] == "auto" and recipe["max_tries"] == 2
+    trials = recipe["trials"]
+    assert trials[0]["keep_float"] == [] and trials[-1]["keep_float"] == recipe["keep_float"]
+    # Every try but the last missed the target; the last met it or used up the tries.
+    assert all(t["miou"] < recipe["target_miou"] for t in trials[:-1])
+    assert recipe["met"] == (trials[-1]["miou"] >= recipe["target_miou"])
+    assert recipe["met"] or len(recipe["keep_float"]) == 2
+    ranked = list(dict.fromkeys(r["layer"] for r in report["quantisation"]["layer_errors"]["worst"]))
+    assert recipe["keep_float"] == [x for x in ranked if x not in recipe["skipped"]][:len(recipe["keep_float"])]
+    arts = {a["file"]: a for a in report["artifacts"]}
+    if recipe["keep_float"]:
+        mixed = arts["unet_int8_mixed.tflite"]
+        assert mixed["role"] == "selective" and mixed["keep_float"] == recipe["keep_float"]
+        # The pipeline's own validation of the published file reproduces the search's last try.
+        assert mixed["miou"] == pytest.approx(trials[-1]["miou"], abs=1e-6)
+        assert mixed["float_ops"] and not mixed["full_integer"]
+        assert mixed["latency_ms"]["1"]["runs"] == arts["unet_int8.tflite"]["latency_ms"]["1"]["runs"]
+        assert "latency cost, 1 thread(s)" in (folder / "report.md").read_text()
+    else:
+        assert recipe["met"] and recipe["file"] is None and "unet_int8_mixed.tflite" not in arts
+
+
+def test_keep_float_manual_writes_a_selective_file_and_recipe(manual_run):
+    layer, out, report = manual_run
+    arts = {a["file"]: a for a in report["artifacts"]}
+    full, mixed = arts["unet_int8.tflite"], arts["unet_int8_mixed.tflite"]
+    assert full["method"] == "ptq" and full["float_ops"] == [] and "unet_int8_ptq.tflite" not in arts
+    dtype, shape, floats = tflite_facts(out / "unet_int8_mixed.tflite")
+    assert dtype == np.uint8 and shape == (1, 64, 64, 3) and floats and floats == mixed["float_ops"]
+    recipe = json.loads((out / "unet_int8_mixed.recipe.json").read_text())
+    assert recipe["mode"] == "manual" and recipe["keep_float"] == [layer] == mixed["keep_float"]
+    assert recipe["denylisted_nodes"] and recipe["not_honoured"] == [] and recipe["full_integer"] is False
+    assert report["quantisation"]["unquantised"]["unet_int8_mixed.tflite"][0]["layer"] == layer
+    assert mixed["latency_ms"]["1"]["median"] > 0 and full["latency_ms"]["1"]["median"] > 0
+    names = [c["name"] for c in report["checks"]]
+    assert "unet_int8_mixed.tflite: no float op inside" not in names
+    assert "unet_int8.tflite: no float op inside" in names
+
+
+def test_inspect_quant_reproduces_the_reports_ranking(manual_run, qat_run):
+    root, folder, report, _ = qat_run
+    result = cli("inspect", "--quant", folder / "unet_int8_ptq.tflite", "--top", "5", "--samples", "16", cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 5
+    worst = report["quantisation"]["layer_errors"]["worst"]
+    # Same float model, same calibration samples, same held-out samples: the same figures.
+    assert [r[4] for r in rows] == [w["layer"] for w in worst[:5]]
+    assert [float(r[1]) for r in rows] == pytest.approx([w["rmse_over_scale"] for w in worst[:5]], abs=1e-3)
+    layer, out, _ = manual_run
+    mixed = cli("inspect", "--quant", out / "unet_int8_mixed.tflite", "--top", "60", cwd=root)
+    assert mixed.returncode == 0 and "[float in this file]" in mixed.stdout, mixed.stderr[-2000:]
+
+
+def test_quant_bad_input_is_one_line(qat_run, tmp_path):
+    root, folder, _, _ = qat_run
+    assert_one_line_error(cli("inspect", "--quant", folder / "unet_int8.tflite", cwd=root),
+                          "quantisation-aware", "unet_int8_ptq.tflite")
+    assert_one_line_error(cli("inspect", "--quant", folder / "unet_float32.tflite", cwd=root), "float32")
+    lonely = tmp_path / "unet_int8.tflite"
+    lonely.write_bytes((folder / "unet_int8_ptq.tflite").read_bytes())
+    assert_one_line_error(cli("inspect", "--quant", lonely, cwd=root), "no report.json")
+    bad = cli("convert", "--model", "unet", "--weights", folder / "training" / "weights.h5", "--keep-float",
+              "block_1_expand_rleu", *SMALL, "--out", "bad", cwd=tmp_path)
+    assert_one_line_error(bad, "no layer 'block_1_expand_rleu'", "block_1_expand_relu")
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*.tflite"))
+    assert_one_line_error(cli("convert", "--model", "unet", "--keep-float", ",", cwd=tmp_path), "--keep-float")
