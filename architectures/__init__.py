@@ -34,6 +34,11 @@ class ArchSpec:
     config_from_weights: Callable | None = None
     # Optional custom weight loader(model, path, config); default: a Keras weights file.
     load_weights: Callable | None = None
+    # Optional: what the exported (batch 1) graph differs in, and how weights move into it, for
+    # a graph that computes the same function faster (exporter.convert.signature.export_model).
+    # Default: the same options, weights copied as they are.
+    export_options: dict = dataclasses.field(default_factory=dict)
+    export_weights: Callable | None = None
     # Training defaults that suit this architecture on the synthetic data.
     learning_rate: float = 1e-3
 

@@ -13,6 +13,12 @@ imports exactly (`architectures.segformer_hf`):
   concatenation (deepest stage first), 1x1 conv without bias, BatchNorm, ReLU, dropout, a 1x1
   classifier; then bilinear upsampling to the input size (half-pixel centres, as PyTorch's
   interpolate with align_corners=False).
+- Exported decoder (`decoder="folded"`, what `export_model` builds): the same function with the
+  fuse conv folded into each stage's Dense. A 1x1 conv commutes with bilinear upsampling (both
+  linear, the resize weights sum to 1) and a concat followed by a 1x1 conv is a sum of per-input
+  1x1 convs, so fuse(concat(up(M_i x_i + b_i))) = sum_i up((M_i F_i) x_i + b_i F_i). That drops
+  the 1x1 conv over 4 x 256 channels on the 1/4 grid (at 256x256, 1.07 G of b0's MACs) and
+  leaves the BatchNorm, ReLU and classifier as they were.
 
 Tensors stay NHWC [B, H, W, C] between ops (Dense and LayerNormalization act on the last axis),
 so the only reshapes are the ones into and out of attention heads.
@@ -119,14 +125,18 @@ def build_segformer(config):
     # All-MLP decoder.
     width = sizes["decoder_hidden_size"]
     grid = tuple(features[0].shape[1:3])
+    folded = _decoder_kind(config.options) == "folded"
     projected = []
     for i, feature in enumerate(features):
-        y = layers.Dense(width, name=f"dec_proj{i}")(feature)
+        y = layers.Dense(width, name=f"dec_fold{i}" if folded else f"dec_proj{i}")(feature)
         if tuple(y.shape[1:3]) != grid:
             y = _resize(layers, y, grid, name=f"dec_up{i}")
         projected.append(y)
-    y = layers.Concatenate(name="dec_concat")(projected[::-1])
-    y = layers.Conv2D(width, 1, use_bias=False, name="dec_fuse")(y)
+    if folded:
+        y = layers.Add(name="dec_fuse")(projected)
+    else:
+        y = layers.Concatenate(name="dec_concat")(projected[::-1])
+        y = layers.Conv2D(width, 1, use_bias=False, name="dec_fuse")(y)
     y = layers.BatchNormalization(
         epsilon=BATCH_NORM_EPS, momentum=BATCH_NORM_MOMENTUM, name="dec_bn"
     )(y)
@@ -198,6 +208,39 @@ def _resize(layers, x, size, name):
     return layers.Resizing(size[0], size[1], interpolation="bilinear", name=name)(x)
 
 
+DECODERS = ("reference", "folded")
+
+
+def _decoder_kind(options: dict) -> str:
+    kind = options.get("decoder") or "reference"
+    if kind not in DECODERS:
+        raise ValueError(f"segformer has no decoder {kind!r}; choose one of {', '.join(DECODERS)}")
+    return kind
+
+
+def fold_decoder_weights(model, folded) -> None:
+    """Copy `model`'s weights (reference decoder) into `folded` (same sizes, folded decoder).
+
+    Each stage's Dense (kernel M_i [C_i, W], bias b_i) absorbs its slice F_i [W, W] of the fuse
+    conv's kernel: kernel M_i F_i, bias b_i F_i, computed in float64. The concat puts the deepest
+    stage first, so stage i of n owns input channels (n-1-i)*W .. (n-i)*W of the fuse conv.
+    """
+    import numpy as np
+
+    source = {layer.name: layer for layer in model.layers}
+    fuse = source["dec_fuse"].get_weights()[0][0, 0].astype(np.float64)  # [n*W, W]
+    stages = [layer for layer in folded.layers if layer.name.startswith("dec_fold")]
+    width = fuse.shape[1]
+    for layer in folded.layers:
+        if layer.name.startswith("dec_fold"):
+            i = int(layer.name[len("dec_fold"):])
+            kernel, bias = (w.astype(np.float64) for w in source[f"dec_proj{i}"].get_weights())
+            part = fuse[(len(stages) - 1 - i) * width:(len(stages) - i) * width]
+            layer.set_weights([(kernel @ part).astype(np.float32), (bias @ part).astype(np.float32)])
+        elif layer.weights:
+            layer.set_weights(source[layer.name].get_weights())
+
+
 def _config_from_weights(path):
     from architectures.segformer_hf import config_from_weights
 
@@ -221,7 +264,9 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"variant": "b0", **{field: None for field in SIZE_FIELDS}},
+        options={"variant": "b0", "decoder": "reference", **{field: None for field in SIZE_FIELDS}},
+        export_options={"decoder": "folded"},
+        export_weights=fold_decoder_weights,
         config_from_weights=_config_from_weights,
         load_weights=_load_weights,
         learning_rate=3e-4,

@@ -144,6 +144,20 @@ def test_keras_matches_reference(hf_full, imported):
     assert _rel(ours, _upsampled(ref)) <= 1e-4
 
 
+def test_exported_graph_folds_the_decoder_and_still_matches_reference(hf_full, imported):
+    """What conversion sees (signature.export_model): the fuse conv folded into the stage Denses."""
+    from exporter.convert.signature import export_model as exported_graph
+
+    hf_model, _ = hf_full
+    model, config, _ = imported
+    fixed = exported_graph(model, config)
+    names = {layer.name for layer in fixed.layers}
+    assert {"dec_fold0", "dec_fold3"} <= names and not {"dec_concat", "dec_proj0"} & names
+    assert fixed.count_params() < model.count_params()  # the 1024x256 fuse kernel is gone
+    pixels = _pixels(1)
+    assert _rel(fixed(pixels, training=False).numpy(), _upsampled(_hf_forward(hf_model, pixels).logits)) <= 1e-4
+
+
 @pytest.fixture(scope="module")
 def export_model(hf_full, imported):
     """The static batch-1 graph that conversion sees, with the checkpoint imported."""

@@ -16,14 +16,22 @@ def input_spec(config):
 
 
 def export_model(model, config):
-    """A batch-1 rebuild of `model` with the same weights (so every reshape sees batch 1)."""
+    """A batch-1 rebuild of `model` with the same weights (so every reshape sees batch 1).
+
+    An architecture may export an equivalent, faster graph (`ArchSpec.export_options` and
+    `export_weights`, e.g. SegFormer's folded decoder); the function computed stays the same.
+    """
     import dataclasses
 
-    from architectures import build
+    from architectures import build, get_spec
 
-    export_config = dataclasses.replace(config, batch_size=1)
+    spec = get_spec(config.name)
+    export_config = dataclasses.replace(config, batch_size=1, options={**config.options, **spec.export_options})
     fixed = build(export_config)
-    fixed.set_weights(model.get_weights())
+    if spec.export_weights is not None:
+        spec.export_weights(model, fixed)
+    else:
+        fixed.set_weights(model.get_weights())
     return fixed
 
 
