@@ -75,6 +75,10 @@ FEATURES_ENDPOINT = "layer13_hswish"  # stride 32, FEATURE_FILTERS channels
 # weights (Keras' default 0.99 lags for many epochs); slim's epsilon.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-3
+# How hard-swish reaches TFLite (same function, same weights): "xnnpack" as MUL, ADD+RELU6, MUL,
+# which XNNPACK delegates in int8 (default); "builtin" as TFLite's HARD_SWISH op, as the issue
+# describes it, which LiteRT 2.3's XNNPACK runs in float only (int8: reference kernel).
+HARD_SWISH_FORMS = ("xnnpack", "builtin")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -98,6 +102,9 @@ def build_deeplab(config):
     layers = keras.layers
     opts = config.options
     align_corners = bool(opts["align_corners"])
+    hswish_builtin = opts["hard_swish"] == "builtin"
+    if opts["hard_swish"] not in HARD_SWISH_FORMS:
+        raise ValueError(f"hard_swish must be one of {HARD_SWISH_FORMS}, got {opts['hard_swish']!r}")
     # Explicit training=False pins BN to inference mode in the graph (kept by clone_model and
     # quantize_annotate_model, lost by quantize_apply); gamma/beta remain trainable weights.
     bn_kwargs = {"training": False} if opts["freeze_bn"] else {}
@@ -110,7 +117,7 @@ def build_deeplab(config):
     def act(x, kind, name):
         if kind == "relu":
             return layers.ReLU(name=f"{name}_relu")(x)
-        return HardSwish(name=f"{name}_hswish")(x)
+        return HardSwish(builtin=hswish_builtin, name=f"{name}_hswish")(x)
 
     def resize(x, size, name):
         in_h, in_w = x.shape[1], x.shape[2]
@@ -197,7 +204,7 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"align_corners": False, "freeze_bn": False},
+        options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"},
         learning_rate=1e-3,
     )
 )

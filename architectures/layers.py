@@ -20,10 +20,29 @@ def scale_pixels(x, scale: float, offset: float, name: str = "normalise"):
 
 @keras.utils.register_keras_serializable(package="segexport")
 class HardSwish(keras.layers.Layer):
-    """x * relu6(x + 3) / 6 as one layer; TFLite lowers it to its HARD_SWISH builtin."""
+    """x * relu6(x + 3) / 6 as one layer (one quantiser in QAT), in one of two TFLite forms.
+
+    `builtin=True` writes `x * relu6(x + 3) * (1/6)`, the pattern TFLite's converter fuses into
+    its HARD_SWISH builtin. LiteRT 2.3's XNNPACK delegate runs HARD_SWISH in float only: in an
+    int8 file every HARD_SWISH runs on the reference kernel and splits the delegated graph (18
+    of them cut DeepLab into 19 partitions and made its int8 file slower than float).
+    `builtin=False` (the default) writes the same function as `(x * (1/6)) * relu6(x + 3)`,
+    which the converter leaves as MUL, ADD (fused RELU6) and MUL, three element-wise ops XNNPACK
+    takes in float and in int8. Float results differ from the fused form by rounding only
+    (a few ulp).
+    """
+
+    def __init__(self, builtin: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.builtin = bool(builtin)
 
     def call(self, x):
-        return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+        if self.builtin:
+            return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+        return (x * (1.0 / 6.0)) * tf.nn.relu6(x + 3.0)
+
+    def get_config(self):
+        return {**super().get_config(), "builtin": self.builtin}
 
 
 @keras.utils.register_keras_serializable(package="segexport")

@@ -23,12 +23,21 @@ class KerasRunner:
 
 
 class LiteRTRunner:
+    """LiteRT's Python Interpreter with its default delegate (XNNPACK), as an app gets it.
+
+    `latest_features=True` sets `experimental_default_delegate_latest_features`, XNNPACK's
+    flag-protected newer operators; an app opts in the same way (off by default, so reports
+    measure what an app gets without it). `delegation()` says how the delegate split the graph.
+    """
+
     runtime = "litert"
 
-    def __init__(self, path: Path, threads: int = 2):
+    def __init__(self, path: Path, threads: int = 2, latest_features: bool = False):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.latest_features = bool(latest_features)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                                       experimental_default_delegate_latest_features=self.latest_features)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -61,6 +70,44 @@ class LiteRTRunner:
         self.invoke()
         return self.get_output()
 
+    def delegation(self) -> dict:
+        return delegation(self.interpreter)
+
+
+def delegation(interpreter) -> dict:
+    """How the default delegate split an allocated interpreter's graph.
+
+    {"partitions": delegate kernels (XNNPACK subgraphs), "undelegated": {op: count} of the ops
+    left to LiteRT's own kernels}. The node list keeps every original op beside the DELEGATE
+    nodes that replaced them, so an op counts as left out when none of its outputs comes out of
+    a delegate and one of them is read by a delegate, by another left-out op or is a graph output
+    (an op inside a delegate writes only what that delegate reads itself or hands out).
+    """
+    ops = interpreter._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    delegate_out = {int(t) for op in delegates for t in op["outputs"]}
+    needed = {int(t) for op in delegates for t in op["inputs"]}
+    needed |= {d["index"] for d in interpreter.get_output_details()}
+    if not delegates:
+        left = original
+    else:
+        left, seen, changed = [], set(), True
+        while changed:
+            changed = False
+            for op in original:
+                outs = {int(t) for t in op["outputs"]}
+                if op["index"] in seen or outs & delegate_out or not outs & needed:
+                    continue
+                left.append(op)
+                seen.add(op["index"])
+                needed |= {int(t) for t in op["inputs"]}
+                changed = True
+    counts: dict[str, int] = {}
+    for op in left:
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return {"partitions": len(delegates), "undelegated": dict(sorted(counts.items()))}
+
 
 class OnnxRunner:
     runtime = "onnxruntime"
@@ -88,10 +135,10 @@ class OnnxRunner:
         return np.asarray(self.invoke()[0], np.float32)
 
 
-def open_runner(path: Path, threads: int = 2):
+def open_runner(path: Path, threads: int = 2, latest_features: bool = False):
     path = Path(path)
     if path.suffix == ".tflite":
-        return LiteRTRunner(path, threads)
+        return LiteRTRunner(path, threads, latest_features=latest_features)
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads)
     raise ValueError(f"no runtime for {path.name}")

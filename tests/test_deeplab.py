@@ -134,7 +134,7 @@ def test_registered_with_voc_defaults():
     assert spec.labels[-1] == "tvmonitor"
     assert spec.input_size == (256, 256)
     assert spec.output == "logits"
-    assert spec.options == {"align_corners": False, "freeze_bn": False}
+    assert spec.options == {"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"}
     assert spec.input_multiple == 32 and spec.min_input == 32
 
 
@@ -306,7 +306,8 @@ def test_float_tflite_matches_keras(export_model, size, options):
     content = _converter(m).convert()
     interpreter = _interpreter(content)
     ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    assert "HARD_SWISH" in ops and "RESIZE_BILINEAR" in ops
+    # hard_swish="xnnpack" (default): MUL, ADD(+RELU6), MUL instead of the HARD_SWISH builtin.
+    assert "HARD_SWISH" not in ops and "RESIZE_BILINEAR" in ops
     x = _images(1, size, seed=5)
     expected = m(x, training=False).numpy()
     got = _run(interpreter, x)
@@ -344,11 +345,49 @@ def test_int8_tflite_has_no_float_ops(int8_model):
         for i in tensors:
             assert dtypes[i] in (np.int8, np.int32), (op["op_name"], dtypes[i])
     assert not any(np.issubdtype(d, np.floating) for d in dtypes.values())
-    assert names.count("HARD_SWISH") == 18
+    assert "HARD_SWISH" not in names  # 18 hard-swishes as MUL, ADD(+RELU6), MUL
     assert names.count("QUANTIZE") == 2  # uint8 -> int8 in, int8 -> uint8 out
     assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "MUL", "ADD", "RESIZE_BILINEAR"} <= set(names)
     y = _run(interpreter, _images(1, seed=7))
     assert y.shape == (1, SIZE, SIZE, CLASSES) and y.dtype == np.uint8
+
+
+def test_int8_tflite_is_one_xnnpack_partition(int8_model):
+    """The int8 graph is one XNNPACK subgraph: no op between its layers runs on LiteRT's own
+    (reference) kernels; only the uint8 <-> int8 QUANTIZE at the input and output stay outside.
+    The HARD_SWISH builtin would break this (LiteRT 2.3's XNNPACK runs it in float only)."""
+    from exporter.runtimes import delegation
+
+    interpreter = _interpreter(int8_model)
+    split = delegation(interpreter)
+    assert split == {"partitions": 1, "undelegated": {"QUANTIZE": 2}}, split
+
+
+def test_hard_swish_forms_agree_and_builtin_stays_available():
+    """Both hard-swish forms compute relu6(x+3)/6*x to float rounding; "builtin" still gives
+    TFLite's HARD_SWISH (the issue's form), which XNNPACK leaves out of an int8 graph."""
+    from exporter.runtimes import delegation
+
+    x = tf.constant(np.linspace(-8.0, 8.0, 4001, dtype=np.float32).reshape(1, 1, -1, 1))
+    reference = x * tf.nn.relu6(x + 3.0) / 6.0
+    for builtin in (False, True):
+        got = arch_layers.HardSwish(builtin=builtin)(x)
+        assert np.abs(got - reference).max() <= 1e-5
+    with pytest.raises(ValueError, match="hard_swish"):
+        create_model("deeplab", input_size=SIZE, num_classes=CLASSES, hard_swish="keras")
+
+    m = create_model("deeplab", input_size=SIZE, num_classes=CLASSES, batch_size=1, hard_swish="builtin")
+    _calibrate_bn(m, _images(2, seed=8))
+    converter = _converter(m)
+    names = [op["op_name"] for op in _interpreter(converter.convert(), delegates=False)._get_ops_details()]
+    assert names.count("HARD_SWISH") == 18
+    calib = _images(4, seed=9)
+    converter = _converter(m)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    split = delegation(_interpreter(converter.convert()))
+    assert split["undelegated"].get("HARD_SWISH") == 18 and split["partitions"] > 1
 
 
 # --- tfmot ---------------------------------------------------------------------------------------
