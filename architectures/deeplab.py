@@ -34,6 +34,15 @@ With `align_corners=True` resizes use TF1's geometry, exact at 32k+1 inputs (257
 x4 and x8 with corners aligned). Sizes whose maps are not integer multiples get exact-size
 `ResizeBilinear` layers either way, so any input size builds.
 
+Hard-swish is one `HardSwish` layer (one quantiser in QAT) computing x*relu6(x+3)/6. By default
+(`hard_swish="xnnpack"`) it is written so that TFLite keeps it as MUL(x, 1/6), ADD(x, 3)+RELU6
+and MUL rather than fusing it into its HARD_SWISH builtin: LiteRT 2.3's XNNPACK delegate has no
+int8 HARD_SWISH, so the builtin's 18 instances ran on reference kernels and split the int8 graph
+into 19 XNNPACK partitions (int8 slower than float). With the three element-wise ops the int8
+file is one XNNPACK partition (only the uint8 <-> int8 QUANTIZE at its edges stay outside).
+`hard_swish="builtin"` keeps the issue's HARD_SWISH form (one op; best on runtimes with an int8
+HARD_SWISH kernel). Same weights either way; float results differ by rounding only.
+
 `freeze_bn=True` is the seed's `fine_tune_batch_norm=false`: BatchNormalization always runs in
 inference mode (moving statistics never update) while gamma and beta stay trainable. It is
 meant for fine-tuning trained weights: from scratch the fresh statistics (0, 1) never normalise.

@@ -20,7 +20,7 @@ from pathlib import Path
 DEFAULT_RUNS = {
     "unet": ["--input-size", "128"],
     "deeplab": ["--input-size", "128"],
-    "selfie": ["--input-size", "128"],
+    "selfie": ["--input-size", "128", "--train-samples", "160", "--epochs", "4"],
 }
 
 

@@ -334,3 +334,30 @@ def test_tfmot_needs_quantize_configs_only_for_known_layers():
     y = qat(x).numpy()
     assert y.shape == (2, 64, 64, len(LABELS))
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-4)
+
+
+def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
+    """In the full-integer file every op but SOFTMAX runs inside XNNPACK (LiteRT 2.3's XNNPACK has
+    no int8 SOFTMAX): the squaring, weighting, SUM and gating MULs around the attention blocks,
+    the rearranging RESHAPE/TRANSPOSE pairs and the decoder's nearest upsamplings are delegated;
+    only the six small attention softmaxes, the output softmax and the uint8 <-> int8 QUANTIZE at
+    the input and output stay on LiteRT's own kernels, so the graph splits into 7 partitions."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from exporter.runtimes import delegation
+
+    export = create_model("selfie", input_size=SMALL, batch_size=1)
+    export.set_weights(small_model.get_weights())
+    fn = tf.function(lambda x: export(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, SMALL, SMALL, 3], tf.float32))
+    calib = np.random.default_rng(8).uniform(0, 255, (8, 1, SMALL, SMALL, 3)).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module())
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x] for x in calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    interpreter = Interpreter(model_content=converter.convert(), num_threads=1)
+    interpreter.allocate_tensors()
+    split = delegation(interpreter)
+    assert split == {"partitions": 7, "undelegated": {"QUANTIZE": 2, "SOFTMAX": 7}}, split
