@@ -134,7 +134,8 @@ def convert(
         "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "
                              "worst-ranked layers that meet --max-miou-drop on held-out data) or LAYER,LAYER "
                              "(names from `exporter inspect --quant`). Implies --int8.")] = None,
-    max_miou_drop: Annotated[float, typer.Option(help="--keep-float auto target: mIoU points below float.")] = 0.1,
+    max_miou_drop: Annotated[Optional[float], typer.Option(
+        help="--keep-float auto target: mIoU points below float (default: the model's int8 target).")] = None,
     keep_float_tries: Annotated[int, typer.Option(help="--keep-float auto: at most this many layers kept float.")] = 4,
     layer_errors: Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")] = 10,
 ) -> None:
@@ -155,7 +156,7 @@ def convert(
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
-        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, keep_float=keep_float, max_miou_drop=max_miou_drop / 100,
+        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
     ))
     typer.echo(summary_table(report))

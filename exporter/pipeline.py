@@ -23,14 +23,8 @@ from exporter import environment
 from exporter.artifacts import PRECISIONS, artifact_name, write_bytes, write_json
 from exporter.errors import ExporterError, WeightsError
 from exporter.progress import say
+from exporter.targets import targets_for
 from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training_dir
-
-# Accuracy targets (fractions, not points) every int8 artifact is checked against in the report.
-MIN_INT8_AGREEMENT = 0.998
-MAX_INT8_MIOU_DROP = 0.001
-MAX_INT8_BYTES_PER_WEIGHT = 1.2
-# Speed targets, reported (never gated: a shared machine's timings are noisy).
-MIN_INT8_SPEEDUP = 2.5
 
 
 @dataclasses.dataclass
@@ -58,7 +52,7 @@ class ConvertOptions:
     qat_lr: float | None = None  # None: a tenth of the architecture's training learning rate
     # Layers kept float in an extra <model>_int8_mixed.tflite: "auto" or "LAYER,LAYER". Implies int8.
     keep_float: str | None = None
-    max_miou_drop: float = MAX_INT8_MIOU_DROP  # the auto target (fraction below the float mIoU)
+    max_miou_drop: float | None = None  # the auto target (fraction below float); None: the model's
     keep_float_tries: int = 4  # at most this many layers kept float by "auto"
     layer_errors: int = 10  # worst layers (QuantizationDebugger, held-out) in the report; 0: none
     debug_samples: int = 32  # held-out samples the debugger measures on
@@ -396,6 +390,8 @@ def _keep_float(opts, keep_float, session, fixed, config, val, ref, ranking, cal
               "base": f"post-training int8 (TFLite converter), calibrated on the run's {len(calib)} "
                       "stratified training samples", "io": opts.io}
     if keep_float == ["auto"]:
+        if opts.max_miou_drop is None:
+            opts = dataclasses.replace(opts, max_miou_drop=targets_for(config.name).max_miou_drop)
         say(f"--keep-float auto: keeping the worst layers float until held-out mIoU is within "
             f"{100 * opts.max_miou_drop:g} point(s) of float (at most {opts.keep_float_tries} layers)")
         found = keep_float_auto(fixed, config, None, val, max_miou_drop=opts.max_miou_drop,
@@ -479,32 +475,43 @@ def checks(report: dict, weights_n: int) -> list[dict]:
     def check(name, kind, passed, detail):
         out.append({"name": name, "kind": kind, "passed": bool(passed), "detail": detail})
 
+    goal = targets_for(report["model"])
+    float_iou = report["reference"]["per_class_iou"]
     for art in report["artifacts"]:
         if art["precision"] != "int8" or art["format"] != "tflite":
             continue
         f = art["file"]
         # The PTQ file measured beside a QAT one is reported, not gated (the QAT file ships).
         kind = "reported" if art.get("role") == PTQ_BASELINE else "accuracy"
-        check(f"{f}: agreement >= {100 * MIN_INT8_AGREEMENT:.1f}%", kind,
-              art["agreement"] >= MIN_INT8_AGREEMENT, f"{100 * art['agreement']:.3f}%")
-        check(f"{f}: mIoU at most {100 * MAX_INT8_MIOU_DROP:.1f} point below float", kind,
-              art["miou_delta"] >= -MAX_INT8_MIOU_DROP, f"{100 * art['miou_delta']:+.3f} points")
+        qat = art.get("method") == "qat"
+        min_agreement = goal.qat_min_agreement if qat else goal.min_agreement
+        max_drop = goal.qat_max_miou_drop if qat else goal.max_miou_drop
+        check(f"{f}: agreement >= {100 * min_agreement:.1f}%", kind,
+              art["agreement"] >= min_agreement, f"{100 * art['agreement']:.3f}%")
+        check(f"{f}: mIoU at most {100 * max_drop:.1f} point below float", kind,
+              art["miou_delta"] >= -max_drop, f"{100 * art['miou_delta']:+.3f} points")
+        drops = {c: float_iou[c] - v for c, v in art.get("per_class_iou", {}).items()
+                 if v is not None and float_iou.get(c) is not None}
+        if drops:
+            worst = max(drops, key=drops.get)
+            check(f"{f}: no class loses more than {100 * goal.max_class_iou_drop:.1f} IoU points", kind,
+                  drops[worst] <= goal.max_class_iou_drop, f"worst {worst}: {-100 * drops[worst]:+.3f} points")
         if art.get("role") == "selective":
             continue  # float ops and float weights are what --keep-float asked for
         check(f"{f}: no float op inside", kind, not art["float_ops"],
               ", ".join(sorted(set(art["float_ops"]))) or "none")
         ratio = art["bytes"] / weights_n
-        check(f"{f}: at most {MAX_INT8_BYTES_PER_WEIGHT}× one byte per weight", "size",
-              ratio <= MAX_INT8_BYTES_PER_WEIGHT, f"{ratio:.3f} bytes per weight ({weights_n} weights)")
+        check(f"{f}: at most {goal.max_bytes_per_weight}× one byte per weight", "size",
+              ratio <= goal.max_bytes_per_weight, f"{ratio:.3f} bytes per weight ({weights_n} weights)")
         by_file = {a["file"]: a for a in report["artifacts"]}
         t = str(max(report["benchmark"]["threads"])) if report["benchmark"]["threads"] else None
         mine = art.get("latency_ms", {}).get(t, {}).get("median")
-        for other, target in ((f"{report['model']}_float32.tflite", MIN_INT8_SPEEDUP),
+        for other, target in ((f"{report['model']}_float32.tflite", goal.min_speedup),
                               (f"{report['model']}_float32.onnx", 1.0)):
             theirs = by_file.get(other, {}).get("latency_ms", {}).get(t, {}).get("median")
             if mine and theirs:
-                goal = f"at least {target}× as fast as" if target > 1 else "faster than"
-                check(f"{f}: {goal} {other} ({t} threads)", "speed",
+                wanted = f"at least {target}× as fast as" if target > 1 else "faster than"
+                check(f"{f}: {wanted} {other} ({t} threads)", "speed",
                       theirs / mine >= target if target > 1 else theirs > mine, f"{theirs / mine:.2f}× ({mine:.2f} vs {theirs:.2f} ms, same run)")
     return out
 
