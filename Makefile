@@ -33,7 +33,7 @@ $(MP_STAMP): requirements-mediapipe.txt
 	touch $(MP_STAMP)
 
 demo: setup
-	$(BIN)/exporter convert --model unet --int8 --input-size 128 --out $(OUT)
+	$(BIN)/exporter convert --model unet --int8 --input-size 128 --epochs 5 --out $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest -q --timeout 900
