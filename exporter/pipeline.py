@@ -390,14 +390,13 @@ def _keep_float(opts, keep_float, session, fixed, config, val, ref, ranking, cal
               "base": f"post-training int8 (TFLite converter), calibrated on the run's {len(calib)} "
                       "stratified training samples", "io": opts.io}
     if keep_float == ["auto"]:
-        if opts.max_miou_drop is None:
-            opts = dataclasses.replace(opts, max_miou_drop=targets_for(config.name).max_miou_drop)
+        max_drop = opts.max_miou_drop if opts.max_miou_drop is not None else targets_for(config.name).max_miou_drop
         say(f"--keep-float auto: keeping the worst layers float until held-out mIoU is within "
-            f"{100 * opts.max_miou_drop:g} point(s) of float (at most {opts.keep_float_tries} layers)")
-        found = keep_float_auto(fixed, config, None, val, max_miou_drop=opts.max_miou_drop,
+            f"{100 * max_drop:g} point(s) of float (at most {opts.keep_float_tries} layers)")
+        found = keep_float_auto(fixed, config, None, val, max_miou_drop=max_drop,
                                 max_tries=opts.keep_float_tries, io=opts.io, session=session, reference=ref)
         chosen, selective = found["keep_float"], found["selective"]
-        recipe.update(mode="auto", max_miou_drop=opts.max_miou_drop, max_tries=opts.keep_float_tries,
+        recipe.update(mode="auto", max_miou_drop=max_drop, max_tries=opts.keep_float_tries,
                       reference_miou=round(found["reference_miou"], 6), target_miou=round(found["target_miou"], 6),
                       met=found["met"], skipped=found["skipped"],
                       trials=[_round_row(t) for t in found["trials"]],
@@ -477,6 +476,8 @@ def checks(report: dict, weights_n: int) -> list[dict]:
 
     goal = targets_for(report["model"])
     float_iou = report["reference"]["per_class_iou"]
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    t = str(max(report["benchmark"]["threads"])) if report["benchmark"]["threads"] else None
     for art in report["artifacts"]:
         if art["precision"] != "int8" or art["format"] != "tflite":
             continue
@@ -503,8 +504,6 @@ def checks(report: dict, weights_n: int) -> list[dict]:
         ratio = art["bytes"] / weights_n
         check(f"{f}: at most {goal.max_bytes_per_weight}× one byte per weight", "size",
               ratio <= goal.max_bytes_per_weight, f"{ratio:.3f} bytes per weight ({weights_n} weights)")
-        by_file = {a["file"]: a for a in report["artifacts"]}
-        t = str(max(report["benchmark"]["threads"])) if report["benchmark"]["threads"] else None
         mine = art.get("latency_ms", {}).get(t, {}).get("median")
         for other, target in ((f"{report['model']}_float32.tflite", goal.min_speedup),
                               (f"{report['model']}_float32.onnx", 1.0)):

@@ -7,6 +7,7 @@ compares like with like. `runner.invoke()` re-runs the last input, for timing.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +26,16 @@ class KerasRunner:
 class LiteRTRunner:
     """LiteRT's Python Interpreter with its default delegate (XNNPACK), as an app gets it.
 
-    `latest_features=True` sets `experimental_default_delegate_latest_features`, XNNPACK's
-    flag-protected newer operators; an app opts in the same way (off by default, so reports
-    measure what an app gets without it). `delegation()` says how the delegate split the graph.
+    (XNNPACK's `experimental_default_delegate_latest_features` was tried: no measurable gain for
+    any registered architecture, so it is not offered.)
     """
 
     runtime = "litert"
 
-    def __init__(self, path: Path, threads: int = 2, latest_features: bool = False):
+    def __init__(self, path: Path, threads: int = 2):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.latest_features = bool(latest_features)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads,
-                                       experimental_default_delegate_latest_features=self.latest_features)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -70,9 +68,6 @@ class LiteRTRunner:
         self.invoke()
         return self.get_output()
 
-    def delegation(self) -> dict:
-        return delegation(self.interpreter)
-
 
 def delegation(interpreter) -> dict:
     """How the default delegate split an allocated interpreter's graph.
@@ -103,9 +98,7 @@ def delegation(interpreter) -> dict:
                 seen.add(op["index"])
                 needed |= {int(t) for t in op["inputs"]}
                 changed = True
-    counts: dict[str, int] = {}
-    for op in left:
-        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    counts = Counter(op["op_name"] for op in left)
     return {"partitions": len(delegates), "undelegated": dict(sorted(counts.items()))}
 
 
@@ -135,10 +128,10 @@ class OnnxRunner:
         return np.asarray(self.invoke()[0], np.float32)
 
 
-def open_runner(path: Path, threads: int = 2, latest_features: bool = False):
+def open_runner(path: Path, threads: int = 2):
     path = Path(path)
     if path.suffix == ".tflite":
-        return LiteRTRunner(path, threads, latest_features=latest_features)
+        return LiteRTRunner(path, threads)
     if path.suffix == ".onnx":
         return OnnxRunner(path, threads)
     raise ValueError(f"no runtime for {path.name}")
