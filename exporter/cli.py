@@ -112,6 +112,10 @@ def convert(
     data: DataOpt = "synthetic",
     out: OutOpt = Path("runs"),
     io: Annotated[IO, typer.Option(help="Input/output type of the int8 file.")] = IO.uint8,
+    per_tensor: Annotated[bool, typer.Option(
+        "--per-tensor", help="Post-training int8/int16x8 weights with one scale per tensor instead of per output "
+                             "channel: smaller files for depthwise-heavy models, what some NPU/DSP delegates need; "
+                             "may cost accuracy.")] = False,
     calibration_samples: Annotated[int, typer.Option(help="Representative training samples for int8 calibration.")] = 200,
     input_size: SizeOpt = None,
     classes: ClassesOpt = None,
@@ -152,7 +156,7 @@ def convert(
     report = run_convert(ConvertOptions(
         model=model, onnx=onnx,
         precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
-                                          ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value,
+                                          ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value, per_tensor=per_tensor,
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
@@ -181,6 +185,31 @@ def inspect(
     from exporter.inspect import describe_file, quant_errors
 
     typer.echo(quant_errors(path, top=top, samples=samples) if quant else describe_file(path))
+
+
+@app.command("op-bench")
+def op_bench(
+    op: Annotated[Optional[list[str]], typer.Option("--op", help="Op kinds to time (repeatable; default: all).")] = None,
+    size: Annotated[int, typer.Option(help="Feature-map side (pixels).")] = 32,
+    channels: Annotated[int, typer.Option(help="Feature channels.")] = 96,
+    threads: Annotated[int, typer.Option(help="LiteRT threads.")] = 1,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows as JSON here.")] = None,
+) -> None:
+    """Does int8 pay off on this CPU? float32 vs int8 LiteRT latency per op type, one alternating run."""
+    from exporter.artifacts import write_json
+    from exporter.op_bench import OPS, cpu_features, run
+
+    if size < 4 or channels < 1 or threads < 1:
+        raise ExporterError("--size must be at least 4, --channels and --threads at least 1")
+    typer.echo(f"CPU SIMD features: {cpu_features()}; {size}x{size}x{channels}, {threads} thread(s), "
+               "each op 10 times after a 3x3 stem; ratio > 1: int8 faster")
+    typer.echo(f"{'op':16s} {'float32 ms':>10s} {'int8 ms':>9s} {'float32/int8':>13s}")
+    rows = run(op or OPS, size=size, channels=channels, threads=threads,
+               progress=lambda r: typer.echo(f"{r['op']:16s} {r['float32_ms']:10.3f} {r['int8_ms']:9.3f} "
+                                             f"{r['int8_speedup']:12.2f}x"))
+    if json_out is not None:
+        write_json(json_out, {"cpu_features": cpu_features(), "size": size, "channels": channels,
+                              "threads": threads, "rows": rows})
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ class ConvertOptions:
     data: str = "synthetic"
     out: Path = Path("runs")
     io: str = "uint8"
+    per_tensor: bool = False  # post-training int8 weights: one scale per tensor, not per channel
     calibration_samples: int = 200
     input_size: int | None = None
     classes: int | None = None
@@ -145,7 +146,7 @@ def weight_count(model) -> int:
 def convert(opts: ConvertOptions) -> dict:
     from exporter.convert.onnx import quantise_onnx, to_onnx
     from exporter.convert.signature import INPUT_NAME, export_model
-    from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite
+    from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite, weight_scales
     from exporter.delegates import gpu_compatibility, gpu_runtime_check, onnx_mobile_usability
     from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
     from exporter.parity import evaluate
@@ -156,6 +157,9 @@ def convert(opts: ConvertOptions) -> dict:
     if opts.qat and opts.qat_epochs < 1:
         raise ExporterError(f"--qat-epochs {opts.qat_epochs}: QAT needs at least one epoch "
                             "(weight ranges are only set by a training step)")
+    if opts.qat and opts.per_tensor:
+        raise ExporterError("--per-tensor applies to post-training int8; tfmot's QAT trains per-channel "
+                            "weight ranges (drop one of --qat, --per-tensor)")
     if keep_float == ["auto"] and opts.keep_float_tries < 1:
         raise ExporterError(f"--keep-float-tries {opts.keep_float_tries}: must be at least 1")
     wanted = set(opts.precisions) | ({"int8"} if opts.wants_int8() else set())
@@ -199,10 +203,12 @@ def convert(opts: ConvertOptions) -> dict:
         for precision in precisions:
             say(f"converting to TFLite {precision}" + (
                 f" (post-training, {len(calib)} calibration samples)" if precision in CALIBRATED else ""))
-            blob = to_tflite(fixed, config, precision, calib.images, io=opts.io)
+            blob = to_tflite(fixed, config, precision, calib.images, io=opts.io, per_tensor=opts.per_tensor)
             # Metadata MediaPipe Tasks' ImageSegmenter reads: labels, normalisation, activation.
             blob, extra = with_metadata(blob, precision)
             name = None
+            if precision in CALIBRATED:
+                extra["weight_scales"] = weight_scales(opts.per_tensor)
             if precision == "int8":
                 extra["io"] = opts.io
                 if opts.qat:  # the QAT file ships as <model>_int8.tflite; PTQ is measured beside it
@@ -212,14 +218,15 @@ def convert(opts: ConvertOptions) -> dict:
             if precision == "int8" and opts.qat:
                 blob, quantisation["qat"] = _qat_int8(opts, spec, config, splits, model, calib)
                 blob, extra = with_metadata(blob, "int8 (QAT)")
-                add("tflite", "int8", "qat", blob, {**extra, "io": opts.io})
+                add("tflite", "int8", "qat", blob, {**extra, "io": opts.io, "weight_scales": weight_scales(False)})
         if opts.onnx:
             say("converting to ONNX float32 (tf2onnx)")
             onnx_blob = to_onnx(fixed, config)
             add("onnx", "float32", "none", onnx_blob)
             if "int8" in precisions:
                 say("quantising the ONNX model to int8 QDQ (ONNX Runtime, same calibration samples)")
-                add("onnx", "int8", "ptq", quantise_onnx(onnx_blob, calib.images, INPUT_NAME))
+                add("onnx", "int8", "ptq", quantise_onnx(onnx_blob, calib.images, INPUT_NAME, opts.per_tensor),
+                    {"weight_scales": weight_scales(opts.per_tensor)})
             for art in artifacts:
                 if art["format"] == "onnx":
                     art["mobile"] = onnx_mobile_usability(staging / art["file"])
@@ -233,7 +240,7 @@ def convert(opts: ConvertOptions) -> dict:
 
             debug_n = min(opts.debug_samples, len(val))
             say(f"per-layer int8 error (TFLite QuantizationDebugger) on {debug_n} held-out samples")
-            session = QuantDebugSession(fixed, config, calib.images, val.images[:debug_n])
+            session = QuantDebugSession(fixed, config, calib.images, val.images[:debug_n], per_tensor=opts.per_tensor)
             ranking = session.layer_stats()
             quantisation["layer_errors"] = {
                 "method": "TFLite QuantizationDebugger: each int8 op against the float op on the same "
@@ -253,7 +260,8 @@ def convert(opts: ConvertOptions) -> dict:
                 if selective is not None:
                     blob, extra = with_metadata(selective.blob, "int8 with float layers")
                     add("tflite", "int8", "ptq", blob, {
-                        **extra, "io": opts.io, "role": "selective", "keep_float": recipe["keep_float"],
+                        **extra, "io": opts.io, "weight_scales": weight_scales(opts.per_tensor), "role": "selective",
+                        "keep_float": recipe["keep_float"],
                         "full_integer": not extra["float_ops"], "recipe": recipe_name},
                         name=recipe["file"])
                 write_json(staging / recipe_name, recipe)

@@ -508,7 +508,7 @@ def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, b
     First (once) its activation ranges start from the float model's on `calibration_samples`
     stratified training samples (`calibrate_ranges`); 0 keeps tfmot's [-6, 6] start.
     """
-    from exporter.train import _dataset, compile_for_training
+    from exporter.train import _dataset, compile_for_training, divergence_guard
 
     if epochs < 1:
         raise ExporterError("QAT needs at least one training step (weight ranges are set in training)")
@@ -521,7 +521,7 @@ def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, b
     compile_for_training(qat, spec.output, learning_rate)
     tf.random.set_seed(seed)
     history = qat.fit(_dataset(splits, batch_size, seed), epochs=epochs, verbose=0,
-                      steps_per_epoch=steps_per_epoch)
+                      steps_per_epoch=steps_per_epoch, callbacks=[divergence_guard(learning_rate, "--qat-lr")])
     return [float(x) for x in history.history["loss"]]
 
 

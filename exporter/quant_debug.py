@@ -112,7 +112,8 @@ def _still_quantised(blob: bytes, nodes: list[str]) -> list[str]:
 class QuantDebugSession:
     """One calibration of `model` (batch 1, float) reused for statistics and selective files."""
 
-    def __init__(self, model, config, calibration_images: np.ndarray, heldout_images: np.ndarray):
+    def __init__(self, model, config, calibration_images: np.ndarray, heldout_images: np.ndarray,
+                 per_tensor: bool = False):
         from exporter.convert.tflite import _converter, representative
         from exporter.keras import tf
 
@@ -124,6 +125,7 @@ class QuantDebugSession:
         converter = _converter(model, config)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative(calibration_images)
+        converter._experimental_disable_per_channel = per_tensor  # noqa: SLF001 - as to_tflite
         self.debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative(heldout_images),
             debug_options=tf.lite.experimental.QuantizationDebugOptions())

@@ -30,7 +30,8 @@ def summary_table(report: dict) -> str:
         size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "–"
         agreement = f"{100 * a['agreement']:.2f}%" if a.get("agreement") is not None else "–"
         delta = a.get("miou_delta")
-        cells = [a["file"], a["precision"], a["method"], size, agreement, _fmt(a.get("miou")),
+        method = a["method"] + (" (per-tensor)" if a.get("weight_scales") == "per-tensor" else "")
+        cells = [a["file"], a["precision"], method, size, agreement, _fmt(a.get("miou")),
                  f"{delta:+.4f}" if delta is not None else "–"]
         cells += [_fmt(_latency(a, t), 2) for t in threads]
         mine, theirs = _latency(a, threads[-1]), _latency(base, threads[-1])

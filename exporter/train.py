@@ -49,6 +49,29 @@ def compile_for_training(model, output: str, learning_rate: float):
     return model
 
 
+def divergence_guard(learning_rate: float, option: str = "--lr"):
+    """A Keras callback that stops training with one clear line when the loss stops being finite.
+
+    Keras' own TerminateOnNaN stops silently, and the NaN weights would then be saved, converted
+    and reported as a model; here the run fails before anything is written from them.
+    """
+    from exporter.keras import keras
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                raise ExporterError(f"training diverged: the loss became {loss} at epoch {self.epoch + 1}, "
+                                    f"step {batch + 1} (learning rate {learning_rate:g}); try a lower {option}")
+
+    return DivergenceGuard()
+
+
 def _dataset(splits: Splits, batch_size: int, seed: int):
     from exporter.keras import tf
 
@@ -151,7 +174,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
         with make_progress() as bar:
             task = bar.add_task("training", total=remaining * steps, info="")
             model.fit(ds, epochs=schedule.epochs, initial_epoch=state["epochs_done"], verbose=0,
-                      callbacks=[EpochEnd(bar, task)])
+                      callbacks=[divergence_guard(lr), EpochEnd(bar, task)])
     with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
         model.save_weights(str(tmp))
     return state

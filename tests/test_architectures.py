@@ -68,3 +68,34 @@ def test_int8_tflite_is_fully_integer(built):
     assert interp.get_output_details()[0]["dtype"] == np.uint8
     assert list(interp.get_input_details()[0]["shape"]) == [1, *config.input_size, 3]
     assert interp.get_input_details()[0]["quantization"] == (1.0, 0)
+
+
+def _weight_scale_counts(blob: bytes) -> list[int]:
+    """Scales per int8 constant tensor (weights) of a TFLite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=blob)
+    counts = []
+    for t in interp.get_tensor_details():
+        if t["dtype"] != np.int8:
+            continue
+        try:  # constants have data before allocation; activations raise
+            interp.get_tensor(t["index"])
+        except ValueError:
+            continue
+        counts.append(len(t["quantization_parameters"]["scales"]))
+    return counts
+
+
+def test_per_tensor_int8_has_one_scale_per_weight_tensor_and_a_smaller_file(built):
+    from exporter.convert.tflite import float_ops, to_tflite
+
+    config, _, fixed = built
+    calib = pixels(config, n=4, seed=5)
+    per_channel = to_tflite(fixed, config, "int8", calib)
+    per_tensor = to_tflite(fixed, config, "int8", calib, per_tensor=True)
+    assert float_ops(per_tensor) == []
+    assert max(_weight_scale_counts(per_channel)) > 1
+    counts = _weight_scale_counts(per_tensor)
+    assert counts and set(counts) == {1}
+    assert len(per_tensor) < len(per_channel)

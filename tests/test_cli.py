@@ -46,3 +46,26 @@ def test_corrupt_model_file_for_inspect(run_cli, tmp_path):
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
     assert_one_line_error(run_cli("inspect", str(bad)), "bad.tflite")
+
+
+def test_diverging_training_stops_with_one_line(run_cli, tmp_path):
+    # The selfie model squares its features (no normalisation): a learning rate of 1 sends its
+    # loss to NaN within the first steps. Nothing may be saved from NaN weights.
+    result = run_cli("train", "--model", "selfie", "--input-size", "64", "--classes", "3", "--epochs", "1",
+                     "--train-samples", "64", "--batch-size", "8", "--val-samples", "4", "--lr", "1", "--out", "out")
+    assert_one_line_error(result, "training diverged", "--lr")
+    assert not list((tmp_path / "out").rglob("weights.h5"))
+
+
+def test_op_bench_times_real_files(run_cli, tmp_path):
+    result = run_cli("op-bench", "--op", "add", "--op", "conv1x1", "--size", "8", "--channels", "8",
+                     "--json", "ops.json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads((tmp_path / "ops.json").read_text())
+    assert [r["op"] for r in report["rows"]] == ["add", "conv1x1"]
+    for row in report["rows"]:
+        assert row["float32_ms"] > 0 and row["int8_ms"] > 0
+        assert row["int8_speedup"] == round(row["float32_ms"] / row["int8_ms"], 3)
+    assert_one_line_error(run_cli("op-bench", "--op", "softmax"), "unknown op 'softmax'", "conv3x3")

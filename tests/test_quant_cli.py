@@ -201,3 +201,4 @@ def test_quant_bad_input_is_one_line(qat_run, tmp_path):
     assert_one_line_error(bad, "no layer 'block_1_expand_rleu'", "block_1_expand_relu")
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*.tflite"))
     assert_one_line_error(cli("convert", "--model", "unet", "--keep-float", ",", cwd=tmp_path), "--keep-float")
+    assert_one_line_error(cli("convert", "--model", "unet", "--qat", "--per-tensor", cwd=tmp_path), "--per-tensor")

@@ -31,8 +31,8 @@ def to_onnx(model, config) -> bytes:
     return proto.SerializeToString()
 
 
-def quantise_onnx(float_blob: bytes, calibration_images, input_name: str) -> bytes:
-    """Static int8 QDQ ONNX (per-channel int8 weights, uint8 activations), calibrated like TFLite's."""
+def quantise_onnx(float_blob: bytes, calibration_images, input_name: str, per_tensor: bool = False) -> bytes:
+    """Static int8 QDQ ONNX (int8 weights, per-channel unless `per_tensor`; uint8 activations), calibrated like TFLite's."""
     import tempfile
     from pathlib import Path
 
@@ -53,7 +53,7 @@ def quantise_onnx(float_blob: bytes, calibration_images, input_name: str) -> byt
         src.write_bytes(float_blob)
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=not per_tensor,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         except Exception as exc:
             raise ConversionError(f"ONNX int8 quantisation failed: {exc}") from exc
