@@ -20,7 +20,7 @@ from pathlib import Path
 # At 128 DeepLab runs in about 1-3 ms, where thread start-up dominates its timings.
 DEFAULT_RUNS = {
     "unet": ["--input-size", "128", "--fp16", "--qat"],
-    "deeplab": ["--input-size", "128", "--epochs", "15", "--qat"],
+    "deeplab": ["--input-size", "128", "--epochs", "40", "--qat"],
     "selfie": ["--input-size", "128", "--train-samples", "160", "--epochs", "12"],
 }
 

@@ -361,3 +361,28 @@ def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
     interpreter.allocate_tensors()
     split = delegation(interpreter)
     assert split == {"partitions": 7, "undelegated": {"QUANTIZE": 2, "SOFTMAX": 7}}, split
+
+
+def test_fresh_weights_carry_signal_and_train_stably():
+    """The registry's initialisers (see `architectures.selfie._init`): with Keras' defaults the
+    attention stages saw features ~1e-6 and every gradient above the decoder underflowed; with
+    plain He initialisation the squared features overflowed after one Adam step."""
+    from calibration.synthetic import synthetic_splits
+    from exporter.train import compile_for_training
+
+    spec = get_spec("selfie")
+    size = spec.min_input
+    model = create_model("selfie", input_size=size, num_classes=3)
+    data = synthetic_splits(16, 1, (size, size), 3).train
+    x, y = data.images.astype(np.float32), data.masks.astype(np.int32)
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in ("block2_conv1x1", "output3", "output4")])
+    for name, feature in zip(("block2_conv1x1", "output3", "output4"), probe(x[:4])):
+        assert 1e-3 < float(np.std(feature)) < 1e2, (name, float(np.std(feature)))  # glorot: ~1e-9
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy()(y[:4], model(x[:4], training=True))
+    stem_grad = tape.gradient(loss, model.get_layer("stem_conv").kernel)
+    assert float(tf.norm(stem_grad)) > 1e-4
+    compile_for_training(model, spec.output, spec.learning_rate)
+    losses = [float(model.train_on_batch(x[i % 2 * 8:][:8], y[i % 2 * 8:][:8])) for i in range(12)]
+    assert np.all(np.isfinite(losses)), losses
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
