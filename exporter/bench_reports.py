@@ -21,7 +21,7 @@ from pathlib import Path
 DEFAULT_RUNS = {
     "unet": ["--input-size", "128", "--fp16", "--qat"],
     "deeplab": ["--input-size", "128", "--epochs", "40", "--qat"],
-    "selfie": ["--input-size", "128", "--train-samples", "160", "--epochs", "12"],
+    "selfie": ["--input-size", "128", "--epochs", "15", "--qat"],
 }
 
 
