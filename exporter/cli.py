@@ -134,6 +134,9 @@ def convert(
                                                      "measured beside it as MODEL_int8_ptq.tflite. Implies --int8.")] = False,
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 2,
     qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a tenth of the model's).")] = None,
+    qat_targets: Annotated[str, typer.Option(
+        "--qat-targets", help="What QAT fits: 'float' (the float model's predictions: the int8 model learns to compute "
+                              "what the float one does) or 'labels' (the ground-truth masks).")] = "float",
     keep_float: Annotated[Optional[str], typer.Option(
         "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "
                              "worst-ranked layers that meet --max-miou-drop on held-out data) or LAYER,LAYER "
@@ -160,7 +163,7 @@ def convert(
         calibration_samples=calibration_samples, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
-        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
+        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
     ))
     typer.echo(summary_table(report))

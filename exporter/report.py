@@ -123,6 +123,7 @@ def _quantisation_sections(report: dict) -> list[str]:
         lines += ["## Quantisation-aware training", "",
                   f"tfmot QAT from the trained float model: {t['epochs']} epoch(s) at learning rate "
                   f"{t['learning_rate']:g}, batch {t['batch_size']}, {t['training_samples']} training samples "
+                  f"fitted to {t.get('targets', 'the ground-truth masks')} "
                   f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "
                   f"from the float model's on {t['ranges_calibrated_on']} calibration samples; "
                   f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first. "

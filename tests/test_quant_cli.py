@@ -87,6 +87,7 @@ def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
     assert q["epochs"] == 1 and len(q["losses"]) == 1 and math.isfinite(q["losses"][0])
     assert q["ranges_calibrated_on"] == report["calibration"]["samples"] == 16
     assert q["learning_rate"] == pytest.approx(1e-4)  # a tenth of UNet's 1e-3
+    assert q["targets"] == "the float model's argmax on the training images (self-distillation)"  # the default
     assert "not written" in q["onnx"]
     # The QAT file, not the PTQ baseline, is what --strict gates on.
     kinds = {c["name"].split(":")[0]: c["kind"] for c in report["checks"] if "agreement" in c["name"]}
@@ -202,3 +203,21 @@ def test_quant_bad_input_is_one_line(qat_run, tmp_path):
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*.tflite"))
     assert_one_line_error(cli("convert", "--model", "unet", "--keep-float", ",", cwd=tmp_path), "--keep-float")
     assert_one_line_error(cli("convert", "--model", "unet", "--qat", "--per-tensor", cwd=tmp_path), "--per-tensor")
+    assert_one_line_error(cli("convert", "--model", "unet", "--qat", "--qat-targets", "soft", cwd=tmp_path),
+                          "--qat-targets 'soft'", "float", "labels")
+
+
+def test_qat_targets_are_the_float_models_predictions_or_the_labels():
+    from architectures import create_model
+    from calibration.synthetic import synthetic_splits
+    from exporter.pipeline import _qat_training_split
+    from exporter.train import predict_masks
+
+    model = create_model("unet", input_size=64, num_classes=3)
+    splits = synthetic_splits(6, 2, (64, 64), 3)
+    distilled = _qat_training_split(splits, model, "float")
+    np.testing.assert_array_equal(distilled.train.masks, predict_masks(model, splits.train.images))
+    assert not np.array_equal(distilled.train.masks, splits.train.masks)  # an untrained model's guesses
+    assert distilled.train.images is splits.train.images and distilled.val is splits.val
+    assert _qat_training_split(splits, model, "labels") is splits
+
