@@ -349,10 +349,11 @@ def convert(opts: ConvertOptions) -> dict:
 PTQ_BASELINE = "ptq-baseline"
 
 # What QAT fine-tunes toward. "float": the trained float model's own argmax on the training images
-# (self-distillation). QAT's job is to make the int8 model compute what the float one does, and
-# toward the ground truth it keeps training instead: measured on under-trained models here, it
-# gained mIoU but drifted from the float model (DeepLab, 128x128: agreement 97.2 % against 98.5 %
-# for post-training int8). "labels": the ground-truth masks, as the seed's QAT did.
+# (self-distillation). QAT's job is to make the int8 model compute what the float one does; toward
+# the ground truth an under-trained model keeps learning instead. Measured on the 40-epoch DeepLab
+# (128x128, held-out): labels gave agreement 97.22 % / +1.75 mIoU points, float targets 97.40 % /
+# +0.62, post-training int8 98.50 % / -0.49: distillation narrows the mIoU drift, not the
+# agreement gap. "labels": the ground-truth masks, as the seed's QAT did.
 QAT_TARGETS = {
     "float": "the float model's argmax on the training images (self-distillation)",
     "labels": "the ground-truth masks of the training images",
