@@ -200,10 +200,11 @@ def op_bench(
 ) -> None:
     """Does int8 pay off on this CPU? float32 vs int8 LiteRT latency per op type, one alternating run."""
     from exporter.artifacts import write_json
-    from exporter.op_bench import OPS, cpu_features, run
+    from exporter.op_bench import OPS, check_ops, cpu_features, run
 
     if size < 4 or channels < 1 or threads < 1:
         raise ExporterError("--size must be at least 4, --channels and --threads at least 1")
+    check_ops(op or OPS)  # before the table header: bad input gets its one line and nothing else
     typer.echo(f"CPU SIMD features: {cpu_features()}; {size}x{size}x{channels}, {threads} thread(s), "
                "each op 10 times after a 3x3 stem; ratio > 1: int8 faster")
     typer.echo(f"{'op':16s} {'float32 ms':>10s} {'int8 ms':>9s} {'float32/int8':>13s}")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.errors import ExporterError
+
 REPEATS = 10
 
 
@@ -58,6 +60,12 @@ def _op(kind: str, channels: int):
 OPS = ("conv3x3", "conv1x1", "depthwise3x3", "depthwise5x5", "hard_swish", "squeeze_excite", "add")
 
 
+def check_ops(kinds) -> None:
+    unknown = [k for k in kinds if k not in OPS]
+    if unknown:
+        raise ExporterError(f"unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
+
+
 def op_model(kind: str, size: int, channels: int):
     from architectures.layers import scale_pixels
     from exporter.keras import keras
@@ -77,11 +85,7 @@ def run(kinds=OPS, size: int = 32, channels: int = 96, threads: int = 1, blocks:
     from exporter.bench import benchmark
     from exporter.convert.tflite import to_tflite
 
-    unknown = [k for k in kinds if k not in OPS]
-    if unknown:
-        from exporter.errors import ExporterError
-
-        raise ExporterError(f"unknown op {unknown[0]!r}; choose from {', '.join(OPS)}")
+    check_ops(kinds)
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(calibration, size, size, 3)).astype(np.float32)
     rows = []

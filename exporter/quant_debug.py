@@ -114,18 +114,14 @@ class QuantDebugSession:
 
     def __init__(self, model, config, calibration_images: np.ndarray, heldout_images: np.ndarray,
                  per_tensor: bool = False):
-        from exporter.convert.tflite import _converter, representative
+        from exporter.convert.tflite import calibrated_converter, representative
         from exporter.keras import tf
 
-        if calibration_images is None or not len(calibration_images):
-            raise ConversionError("per-layer quantisation error needs representative samples")
         if heldout_images is None or not len(heldout_images):
             raise ConversionError("per-layer quantisation error needs held-out samples")
         self.config = config
-        converter = _converter(model, config)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative(calibration_images)
-        converter._experimental_disable_per_channel = per_tensor  # noqa: SLF001 - as to_tflite
+        converter = calibrated_converter(model, config, calibration_images, per_tensor,
+                                         what="per-layer quantisation error")
         self.debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative(heldout_images),
             debug_options=tf.lite.experimental.QuantizationDebugOptions())

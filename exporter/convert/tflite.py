@@ -26,6 +26,22 @@ def _converter(model, config):
     return tf.lite.TFLiteConverter.from_concrete_functions([fn], tf.Module())
 
 
+def calibrated_converter(model, config, calibration_images, per_tensor: bool = False,
+                         what: str = "int8 conversion"):
+    """The post-training quantisation converter: calibrated on `calibration_images`, weights
+    scaled per channel unless `per_tensor` (see `weight_scales`). to_tflite and the
+    QuantizationDebugger session both start from it, so they quantise alike."""
+    from exporter.keras import tf
+
+    if calibration_images is None or not len(calibration_images):
+        raise ConversionError(f"{what} needs representative samples")
+    converter = _converter(model, config)
+    converter.representative_dataset = representative(calibration_images)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter._experimental_disable_per_channel = per_tensor  # noqa: SLF001 - the converter's only switch
+    return converter
+
+
 def representative(images: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]]]:
     def gen():
         for image in images:
@@ -67,15 +83,12 @@ def to_tflite(model, config, precision: str, calibration_images: np.ndarray | No
     """
     from exporter.keras import tf
 
-    converter = _converter(model, config)
     if precision in CALIBRATED:
-        if calibration_images is None or not len(calibration_images):
-            raise ConversionError(f"{precision} conversion needs representative samples")
-        converter.representative_dataset = representative(calibration_images)
-    if precision != "float32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if precision in CALIBRATED:
-        converter._experimental_disable_per_channel = per_tensor  # noqa: SLF001 - the converter's only switch
+        converter = calibrated_converter(model, config, calibration_images, per_tensor, what=f"{precision} conversion")
+    else:
+        converter = _converter(model, config)
+        if precision != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif precision == "int8":
