@@ -35,7 +35,7 @@ x4 and x8 with corners aligned). Sizes whose maps are not integer multiples get 
 `ResizeBilinear` layers either way, so any input size builds.
 
 Hard-swish is one `HardSwish` layer (one quantiser in QAT) computing x*relu6(x+3)/6. By default
-(`hard_swish="xnnpack"`) it is written so that TFLite keeps it as MUL(x, 1/6), ADD(x, 3)+RELU6
+(`hard_swish="xnnpack"`) it is written so that TFLite keeps it as ADD(x, 3)+RELU6, MUL(x, 1/6)
 and MUL rather than fusing it into its HARD_SWISH builtin: LiteRT 2.3's XNNPACK delegate has no
 int8 HARD_SWISH, so the builtin's 18 instances ran on reference kernels and split the int8 graph
 into 19 XNNPACK partitions (int8 slower than float). With the three element-wise ops the int8

@@ -26,10 +26,18 @@ class HardSwish(keras.layers.Layer):
     its HARD_SWISH builtin. LiteRT 2.3's XNNPACK delegate runs HARD_SWISH in float only: in an
     int8 file every HARD_SWISH runs on the reference kernel and splits the delegated graph (18
     of them cut DeepLab into 19 partitions and made its int8 file slower than float).
-    `builtin=False` (the default) writes the same function as `(x * (1/6)) * relu6(x + 3)`,
-    which the converter leaves as MUL, ADD (fused RELU6) and MUL, three element-wise ops XNNPACK
+    `builtin=False` (the default) writes the same function as `relu6(x + 3) * (x * (1/6))`,
+    which the converter leaves as ADD (fused RELU6), MUL and MUL, three element-wise ops XNNPACK
     takes in float and in int8. Float results differ from the fused form by rounding only
     (a few ulp).
+
+    The operand order matters for int8 accuracy. TF 2.21's calibration gives the final MUL's
+    first operand the union of its own range and the product's range. With
+    `(x * (1/6)) * relu6(x + 3)` that operand was x/6, and it got a step 3.4x too coarse on
+    every hard-swish. On the trained DeepLab (128 px) the mean |logit error| was 0.290 and the
+    agreement with float 98.74 %. In this order the widened operand is relu6(x + 3), whose own
+    range [0, 6] lies inside the product's. The same file measured 0.160 and 99.25 %, no worse
+    than the HARD_SWISH builtin (0.164 and 99.30 %). The ops and the latency are the same.
     """
 
     def __init__(self, builtin: bool = False, **kwargs):
@@ -39,7 +47,7 @@ class HardSwish(keras.layers.Layer):
     def call(self, x):
         if self.builtin:
             return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
-        return (x * (1.0 / 6.0)) * tf.nn.relu6(x + 3.0)
+        return tf.nn.relu6(x + 3.0) * (x * (1.0 / 6.0))
 
     def get_config(self):
         return {**super().get_config(), "builtin": self.builtin}
