@@ -133,7 +133,7 @@ def convert(
                                                      "MODEL_int8.tflite comes from QAT, the post-training file is "
                                                      "measured beside it as MODEL_int8_ptq.tflite. Implies --int8.")] = False,
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 2,
-    qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a tenth of the model's).")] = None,
+    qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a hundredth of the model's training rate).")] = None,
     qat_targets: Annotated[str, typer.Option(
         "--qat-targets", help="What QAT fits: 'float' (the float model's predictions: the int8 model learns to compute "
                               "what the float one does) or 'labels' (the ground-truth masks).")] = "float",

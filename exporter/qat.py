@@ -102,6 +102,7 @@ class QATInfo:
     folded: list[dict]  # {"bn", "into"}
     float_graph: object = None  # the folded float model the QAT model wraps (for range calibration)
     ranges_calibrated: int = 0  # samples the activation ranges were initialised from (0: not yet)
+    frozen_batchnorms: int = 0  # BatchNormalization layers pinned to inference mode (`freeze_batchnorm`)
 
     @property
     def unquantised(self) -> list[dict]:
@@ -110,7 +111,8 @@ class QATInfo:
 
     def to_json(self) -> dict:
         return {"layers": [r.to_json() for r in self.layers], "folded": list(self.folded),
-                "unquantised": self.unquantised, "ranges_calibrated_on": self.ranges_calibrated}
+                "unquantised": self.unquantised, "ranges_calibrated_on": self.ranges_calibrated,
+                "frozen_batchnorms": self.frozen_batchnorms}
 
 
 def _tfmot():
@@ -371,8 +373,27 @@ def qat_model(float_model, config):
     with quantize_scope():
         qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=_scheme())
     qat.qat_info = QATInfo(_records(folded_model, float_model, qat, decisions, folded), folded,
-                           float_graph=folded_model)
+                           float_graph=folded_model, frozen_batchnorms=freeze_batchnorm(qat))
     return qat
+
+
+def freeze_batchnorm(qat) -> int:
+    """Pin every BatchNormalization of a QAT model to inference mode; returns how many.
+
+    quantize_apply rebuilds the graph without any `training=False` call argument, so in `fit` each
+    BN would normalise with the batch's statistics and move its moving averages: the model being
+    fine-tuned is then not the float model it started from, and the int8 file drifts from it.
+    Measured on the trained DeepLab (128 px, 2 epochs): held-out agreement of the QAT model with
+    float 98.54 % with BNs training, 99.00 % frozen (learning rate 1e-5). A non-trainable Keras 2 BN
+    runs in inference mode (its gamma and beta stay fixed too; the convolutions adapt).
+    """
+    frozen = 0
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            inner.trainable = False
+            frozen += 1
+    return frozen
 
 
 def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
@@ -502,11 +523,15 @@ def _records(model, float_model, qat, decisions, folded) -> list[LayerRecord]:
 
 
 def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, batch_size: int = 16,
-              seed: int = 0, steps_per_epoch: int | None = None, calibration_samples: int = 64) -> list[float]:
+              seed: int = 0, steps_per_epoch: int | None = None, calibration_samples: int = 64,
+              teacher=None) -> list[float]:
     """Train the QAT model on the training split (flips, as `exporter.train`); per-epoch losses.
 
-    First (once) its activation ranges start from the float model's on `calibration_samples`
-    stratified training samples (`calibrate_ranges`); 0 keeps tfmot's [-6, 6] start.
+    With a `teacher` (the float model) the QAT model fits the teacher's class probabilities on each
+    batch (`distiller`: KL divergence, soft targets); without one, the split's masks (sparse
+    cross-entropy). First (once) its activation ranges start from the float model's on
+    `calibration_samples` stratified training samples (`calibrate_ranges`); 0 keeps tfmot's [-6, 6]
+    start.
     """
     from exporter.train import _dataset, compile_for_training, divergence_guard
 
@@ -518,11 +543,60 @@ def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, b
 
         idx, _ = representative_indices(splits.train, calibration_samples, seed=seed)
         calibrate_ranges(qat, splits.train.images[idx])
-    compile_for_training(qat, spec.output, learning_rate)
+    if teacher is None:
+        trainee = compile_for_training(qat, spec.output, learning_rate)
+    else:
+        trainee = distiller(qat, teacher, spec.output)
+        trainee.compile(optimizer=keras.optimizers.Adam(learning_rate))
     tf.random.set_seed(seed)
-    history = qat.fit(_dataset(splits, batch_size, seed), epochs=epochs, verbose=0,
-                      steps_per_epoch=steps_per_epoch, callbacks=[divergence_guard(learning_rate, "--qat-lr")])
+    history = trainee.fit(_dataset(splits, batch_size, seed), epochs=epochs, verbose=0,
+                          steps_per_epoch=steps_per_epoch,
+                          callbacks=[divergence_guard(learning_rate, "--qat-lr")])
     return [float(x) for x in history.history["loss"]]
+
+
+def distillation_loss(teacher_scores, student_scores, output: str):
+    """Mean over pixels of KL(teacher || student) between class distributions.
+
+    Soft targets keep what an argmax throws away: how close each pixel is to a class boundary,
+    which is where int8 rounding flips the prediction. Measured on the trained DeepLab (128 px,
+    BNs frozen, 2 epochs at 1e-5): held-out agreement of the QAT model with float 99.00 % fitting
+    the float model's argmax, 99.24 % fitting its probabilities.
+    """
+    if output == "logits":
+        log_t = tf.nn.log_softmax(teacher_scores, axis=-1)
+        log_s = tf.nn.log_softmax(student_scores, axis=-1)
+    else:  # probabilities already
+        eps = 1e-7
+        log_t = tf.math.log(tf.clip_by_value(teacher_scores, eps, 1.0))
+        log_s = tf.math.log(tf.clip_by_value(student_scores, eps, 1.0))
+    return tf.reduce_mean(tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1))
+
+
+def distiller(student, teacher, output: str):
+    """A Keras model whose `fit` trains `student` toward `teacher`'s outputs (teacher frozen).
+
+    Only a training harness: the QAT model itself stays the flat graph that is converted.
+    """
+
+    class Distiller(keras.Model):
+        def __init__(self):
+            super().__init__(name=f"{student.name}_distiller")
+            self.student, self.teacher = student, teacher
+
+        def call(self, inputs, training=None):
+            return self.student(inputs, training=training)
+
+        def train_step(self, data):
+            images = data[0] if isinstance(data, (list, tuple)) else data
+            target = self.teacher(images, training=False)
+            with tf.GradientTape() as tape:
+                loss = distillation_loss(target, self.student(images, training=True), output)
+            variables = self.student.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return {"loss": loss}
+
+    return Distiller()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,7 +126,9 @@ def _quantisation_sections(report: dict) -> list[str]:
                   f"fitted to {t.get('targets', 'the ground-truth masks')} "
                   f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "
                   f"from the float model's on {t['ranges_calibrated_on']} calibration samples; "
-                  f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first. "
+                  f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first"
+                  + (f", {t['frozen_batchnorms']} BatchNorm(s) held in inference mode (moving statistics) "
+                     "while fine-tuning" if t.get("frozen_batchnorms") else "") + ". "
                   f"QAT ONNX: {t['onnx']}.", ""]
     if q.get("unquantised") is not None:
         lines += ["## Layers left unquantised", ""]

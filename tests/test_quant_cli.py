@@ -86,8 +86,9 @@ def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
     q = report["quantisation"]["qat"]
     assert q["epochs"] == 1 and len(q["losses"]) == 1 and math.isfinite(q["losses"][0])
     assert q["ranges_calibrated_on"] == report["calibration"]["samples"] == 16
-    assert q["learning_rate"] == pytest.approx(1e-4)  # a tenth of UNet's 1e-3
-    assert q["targets"] == "the float model's argmax on the training images (self-distillation)"  # the default
+    assert q["learning_rate"] == pytest.approx(1e-5)  # a hundredth of UNet's 1e-3
+    assert q["targets"] == "the float model's class probabilities on the training images (distillation)"  # default
+    assert q["frozen_batchnorms"] > 0
     assert "not written" in q["onnx"]
     # The QAT file, not the PTQ baseline, is what --strict gates on.
     kinds = {c["name"].split(":")[0]: c["kind"] for c in report["checks"] if "agreement" in c["name"]}
@@ -207,17 +208,36 @@ def test_quant_bad_input_is_one_line(qat_run, tmp_path):
                           "--qat-targets 'soft'", "float", "labels")
 
 
-def test_qat_targets_are_the_float_models_predictions_or_the_labels():
-    from architectures import create_model
+def test_qat_distillation_fits_the_float_models_probabilities_and_freezes_batchnorm():
+    from architectures import build, get_spec, resolve_config
     from calibration.synthetic import synthetic_splits
-    from exporter.pipeline import _qat_training_split
-    from exporter.train import predict_masks
+    from exporter.keras import keras, tf
+    from exporter.qat import distillation_loss, fine_tune, qat_model
 
-    model = create_model("unet", input_size=64, num_classes=3)
-    splits = synthetic_splits(6, 2, (64, 64), 3)
-    distilled = _qat_training_split(splits, model, "float")
-    np.testing.assert_array_equal(distilled.train.masks, predict_masks(model, splits.train.images))
-    assert not np.array_equal(distilled.train.masks, splits.train.masks)  # an untrained model's guesses
-    assert distilled.train.images is splits.train.images and distilled.val is splits.val
-    assert _qat_training_split(splits, model, "labels") is splits
+    # The loss is KL(teacher || student) over classes, averaged over pixels.
+    rng = np.random.default_rng(0)
+    t, st = rng.normal(size=(2, 4, 4, 3)).astype(np.float32), rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    p, q = tf.nn.softmax(t).numpy(), tf.nn.softmax(st).numpy()
+    expected = np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=-1))
+    assert float(distillation_loss(t, st, "logits")) == pytest.approx(expected, rel=1e-4)
+    assert float(distillation_loss(p, q, "softmax")) == pytest.approx(expected, rel=1e-3)
+    assert float(distillation_loss(t, t, "logits")) == pytest.approx(0.0, abs=1e-6)
 
+    config = resolve_config("unet", input_size=64, num_classes=3)
+    teacher = build(config)
+    teacher_weights = [w.copy() for w in teacher.get_weights()]
+    qat = qat_model(teacher, config)
+    bns = [getattr(layer, "layer", layer) for layer in qat.layers
+           if isinstance(getattr(layer, "layer", layer), keras.layers.BatchNormalization)]
+    assert bns and qat.qat_info.frozen_batchnorms == len(bns) and not any(bn.trainable for bn in bns)
+    moving = [bn.moving_mean.numpy().copy() for bn in bns]
+    splits = synthetic_splits(16, 2, (64, 64), 3)
+    before = [w.numpy().copy() for w in qat.trainable_weights]
+    losses = fine_tune(qat, splits, get_spec("unet"), epochs=2, learning_rate=1e-3, batch_size=8,
+                       calibration_samples=8, teacher=teacher)
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, qat.trainable_weights))  # student trained
+    for a, b in zip(teacher_weights, teacher.get_weights()):  # teacher untouched
+        np.testing.assert_array_equal(a, b)
+    for m, bn in zip(moving, bns):  # inference-mode BN: moving statistics never update
+        np.testing.assert_array_equal(m, bn.moving_mean.numpy())
