@@ -46,8 +46,9 @@ HARD_SWISH kernel). Same weights either way; float results differ by rounding on
 `freeze_bn=True` is the seed's `fine_tune_batch_norm=false`: BatchNormalization always runs in
 inference mode (moving statistics never update) while gamma and beta stay trainable. It is
 meant for fine-tuning trained weights: from scratch the fresh statistics (0, 1) never normalise.
-Caveat for QAT: tfmot's quantize_apply rebuilds the graph without the `training=False` call
-argument, so a quantised copy updates its statistics again unless QAT re-pins them.
+tfmot's quantize_apply rebuilds the graph without the `training=False` call argument, so a
+quantised copy would update its statistics again; `exporter.qat.freeze_batchnorm` re-pins every
+BN of a QAT model, whatever this option says.
 """
 
 from architectures import ArchSpec, register

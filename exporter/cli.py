@@ -135,7 +135,7 @@ def convert(
     qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 2,
     qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a hundredth of the model's training rate).")] = None,
     qat_targets: Annotated[str, typer.Option(
-        "--qat-targets", help="What QAT fits: 'float' (the float model's predictions: the int8 model learns to compute "
+        "--qat-targets", help="What QAT fits: 'float' (the float model's class probabilities: the int8 model learns to compute "
                               "what the float one does) or 'labels' (the ground-truth masks).")] = "float",
     keep_float: Annotated[Optional[str], typer.Option(
         "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "

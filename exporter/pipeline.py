@@ -51,7 +51,7 @@ class ConvertOptions:
     qat: bool = False
     qat_epochs: int = 2
     qat_lr: float | None = None  # None: a hundredth of the architecture's training learning rate (QAT_LR_FRACTION)
-    qat_targets: str = "float"  # what QAT fits: "float" (the float model's argmax) or "labels"
+    qat_targets: str = "float"  # what QAT fits: "float" (the float model's probabilities) or "labels"
     # Layers kept float in an extra <model>_int8_mixed.tflite: "auto" or "LAYER,LAYER". Implies int8.
     keep_float: str | None = None
     max_miou_drop: float | None = None  # the auto target (fraction below float); None: the model's
@@ -355,6 +355,7 @@ PTQ_BASELINE = "ptq-baseline"
 # agreement of the QAT Keras model with float 99.00 % fitting the float argmax, 99.24 % fitting its
 # probabilities; with BNs training and lr 1e-4, labels gave 97.22 %. "labels": the ground-truth
 # masks, as the seed's QAT did.
+#
 # The default QAT learning rate, as a fraction of the architecture's training rate. Measured with
 # distillation and frozen BNs, 2 epochs, held-out agreement of the int8 file with float: DeepLab
 # (128 px, 40 epochs) 98.44 % at 1e-4 (a tenth), 99.10 % at 1e-5 (a hundredth); UNet (128 px)

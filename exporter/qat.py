@@ -387,13 +387,16 @@ def freeze_batchnorm(qat) -> int:
     float 98.54 % with BNs training, 99.00 % frozen (learning rate 1e-5). A non-trainable Keras 2 BN
     runs in inference mode (its gamma and beta stay fixed too; the convolutions adapt).
     """
-    frozen = 0
-    for layer in qat.layers:
-        inner = getattr(layer, "layer", layer)
-        if isinstance(inner, keras.layers.BatchNormalization):
-            inner.trainable = False
-            frozen += 1
-    return frozen
+    found = batchnorms(qat)
+    for bn in found:
+        bn.trainable = False
+    return len(found)
+
+
+def batchnorms(qat) -> list:
+    """The BatchNormalization layers of a QAT model, unwrapped from tfmot's QuantizeWrapper."""
+    inner = [getattr(layer, "layer", layer) for layer in qat.layers]
+    return [layer for layer in inner if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:

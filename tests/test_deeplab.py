@@ -396,31 +396,23 @@ def test_int8_hard_swish_decomposition_is_as_accurate_as_the_builtin():
     Written as (x/6) * relu6(x+3), the converter's calibration gave x/6 the product's range and
     the int8 error was 1.8x the builtin's here; the layer's operand order avoids that.
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     rng = np.random.default_rng(0)
-    data = [rng.normal(0, 2, (1, 16, 16, 8)).astype(np.float32) for _ in range(40)]
-    heldout = [rng.normal(0, 2, (1, 16, 16, 8)).astype(np.float32) for _ in range(10)]
+    data = [rng.normal(0, 2, (1, 16, 16, 3)).astype(np.float32) for _ in range(40)]
+    heldout = [rng.normal(0, 2, (1, 16, 16, 3)).astype(np.float32) for _ in range(10)]
 
     def int8_error(builtin):
         keras.utils.set_random_seed(0)
-        inputs = keras.Input((16, 16, 8), batch_size=1)
+        inputs = keras.Input((16, 16, 3), batch_size=1)
         x = keras.layers.Conv2D(16, 3, padding="same")(inputs)
         x = arch_layers.HardSwish(builtin=builtin)(x)
         m = keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
-        converter = tf.lite.TFLiteConverter.from_keras_model(m)
+        converter = _converter(m)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([d] for d in data)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        interpreter = Interpreter(model_content=converter.convert())
-        interpreter.allocate_tensors()
+        interpreter = _interpreter(converter.convert())  # float input and output
         ops = {op["op_name"] for op in interpreter._get_ops_details()}
-        errors = []
-        for d in heldout:  # float input and output
-            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], d)
-            interpreter.invoke()
-            out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-            errors.append(np.abs(out - m(d).numpy()).mean())
+        errors = [np.abs(_run(interpreter, d) - m(d).numpy()).mean() for d in heldout]
         return float(np.mean(errors)), ops
 
     builtin_error, builtin_ops = int8_error(True)

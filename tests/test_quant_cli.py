@@ -212,7 +212,7 @@ def test_qat_distillation_fits_the_float_models_probabilities_and_freezes_batchn
     from architectures import build, get_spec, resolve_config
     from calibration.synthetic import synthetic_splits
     from exporter.keras import keras, tf
-    from exporter.qat import calibrate_ranges, distillation_loss, fine_tune, qat_model
+    from exporter.qat import batchnorms, calibrate_ranges, distillation_loss, fine_tune, qat_model
 
     # The loss is KL(teacher || student) over classes, averaged over pixels.
     rng = np.random.default_rng(0)
@@ -230,8 +230,7 @@ def test_qat_distillation_fits_the_float_models_probabilities_and_freezes_batchn
     head.set_weights([w * 30.0 for w in head.get_weights()])
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     qat = qat_model(teacher, config)
-    bns = [getattr(layer, "layer", layer) for layer in qat.layers
-           if isinstance(getattr(layer, "layer", layer), keras.layers.BatchNormalization)]
+    bns = batchnorms(qat)
     assert bns and qat.qat_info.frozen_batchnorms == len(bns) and not any(bn.trainable for bn in bns)
     moving = [bn.moving_mean.numpy().copy() for bn in bns]
     splits = synthetic_splits(16, 2, (64, 64), 3)
