@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from exporter.convert.ranges import DEFAULT_PERCENTILE
 from exporter.errors import ExporterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -117,6 +118,9 @@ def convert(
                              "channel: smaller files for depthwise-heavy models, what some NPU/DSP delegates need; "
                              "may cost accuracy.")] = False,
     calibration_samples: Annotated[int, typer.Option(help="Representative training samples for int8 calibration.")] = 200,
+    range_percentile: Annotated[float, typer.Option(
+        help="int8 activation ranges: each tensor's calibrated min/max narrowed to this percentile of its values "
+             "(outliers saturate, the rest round finer); 100 keeps TFLite's min/max.")] = DEFAULT_PERCENTILE,
     input_size: SizeOpt = None,
     classes: ClassesOpt = None,
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write a float32 ONNX file.")] = True,
@@ -160,7 +164,7 @@ def convert(
         model=model, onnx=onnx,
         precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
                                           ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value, per_tensor=per_tensor,
-        calibration_samples=calibration_samples, input_size=input_size, classes=classes,
+        calibration_samples=calibration_samples, range_percentile=range_percentile, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
         qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,

@@ -122,7 +122,8 @@ def quant_errors(path: Path, top: int = 15, samples: int = 32) -> str:
                             f"calibration and {data['heldout_samples']} held-out samples")
     n = min(samples, len(splits.val))
     session = QuantDebugSession(export_model(model, config), config, splits.train.images[calib_idx],
-                                splits.val.images[:n], per_tensor=entry.get("weight_scales") == "per-tensor")
+                                splits.val.images[:n], per_tensor=entry.get("weight_scales") == "per-tensor",
+                                range_percentile=cal.get("range_percentile", 100.0))  # older reports: min/max
     rows = session.layer_stats()
     kept = set(entry.get("keep_float") or [])
     lines = [f"{path.name}: per-layer int8 error (TFLite QuantizationDebugger): {report['model']}'s float model "

@@ -21,6 +21,7 @@ from calibration.sampling import class_coverage, representative_indices
 from calibration.sources import load_splits
 from exporter import environment
 from exporter.artifacts import PRECISIONS, artifact_name, write_bytes, write_json
+from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile
 from exporter.errors import ExporterError, WeightsError
 from exporter.progress import say
 from exporter.targets import targets_for
@@ -38,6 +39,7 @@ class ConvertOptions:
     io: str = "uint8"
     per_tensor: bool = False  # post-training int8 weights: one scale per tensor, not per channel
     calibration_samples: int = 200
+    range_percentile: float = DEFAULT_PERCENTILE  # int8 activation ranges (exporter.convert.ranges); 100: min/max
     input_size: int | None = None
     classes: int | None = None
     threads: tuple[int, ...] = (1, 2)
@@ -155,6 +157,7 @@ def convert(opts: ConvertOptions) -> dict:
 
     started = time.time()
     keep_float = opts.keep_float_layers()  # bad --keep-float fails before any work
+    check_percentile(opts.range_percentile)
     if opts.qat and opts.qat_epochs < 1:
         raise ExporterError(f"--qat-epochs {opts.qat_epochs}: QAT needs at least one epoch "
                             "(weight ranges are only set by a training step)")
@@ -206,7 +209,8 @@ def convert(opts: ConvertOptions) -> dict:
         for precision in precisions:
             say(f"converting to TFLite {precision}" + (
                 f" (post-training, {len(calib)} calibration samples)" if precision in CALIBRATED else ""))
-            blob = to_tflite(fixed, config, precision, calib.images, io=opts.io, per_tensor=opts.per_tensor)
+            blob = to_tflite(fixed, config, precision, calib.images, io=opts.io, per_tensor=opts.per_tensor,
+                             range_percentile=opts.range_percentile)
             # Metadata MediaPipe Tasks' ImageSegmenter reads: labels, normalisation, activation.
             blob, extra = with_metadata(blob, precision)
             name = None
@@ -243,7 +247,8 @@ def convert(opts: ConvertOptions) -> dict:
 
             debug_n = min(opts.debug_samples, len(val))
             say(f"per-layer int8 error (TFLite QuantizationDebugger) on {debug_n} held-out samples")
-            session = QuantDebugSession(fixed, config, calib.images, val.images[:debug_n], per_tensor=opts.per_tensor)
+            session = QuantDebugSession(fixed, config, calib.images, val.images[:debug_n], per_tensor=opts.per_tensor,
+                                        range_percentile=opts.range_percentile)
             ranking = session.layer_stats()
             quantisation["layer_errors"] = {
                 "method": "TFLite QuantizationDebugger: each int8 op against the float op on the same "
@@ -321,6 +326,7 @@ def convert(opts: ConvertOptions) -> dict:
                 "samples": len(calib),
                 "requested": opts.calibration_samples,
                 "method": "stratified from the training split: every class present first, then random",
+                "range_percentile": opts.range_percentile,
                 "missing_classes": missing,
                 "coverage": class_coverage(calib, config.labels),
                 "train_coverage": class_coverage(splits.train, config.labels),
@@ -379,9 +385,10 @@ def _qat_int8(opts: ConvertOptions, spec, config, splits, model, calib) -> tuple
     qat = qat_model(model, config)
     losses = fine_tune(qat, splits, spec, epochs=opts.qat_epochs, learning_rate=lr,
                        batch_size=opts.schedule.batch_size, seed=opts.schedule.seed, calibration_samples=len(calib),
-                       teacher=model if opts.qat_targets == "float" else None)
+                       teacher=model if opts.qat_targets == "float" else None,
+                       range_percentile=opts.range_percentile)
     say("converting the QAT model to full-integer TFLite int8")
-    blob = to_int8_tflite(qat, config, calib.images, io=opts.io)
+    blob = to_int8_tflite(qat, config, calib.images, io=opts.io, range_percentile=opts.range_percentile)
     info = qat.qat_info.to_json()
     return blob, {
         "file": f"{config.name}_int8.tflite",
@@ -393,6 +400,7 @@ def _qat_int8(opts: ConvertOptions, spec, config, splits, model, calib) -> tuple
         "losses": [round(x, 6) for x in losses],
         "seconds": round(time.time() - t0, 1),
         "ranges_calibrated_on": info["ranges_calibrated_on"],
+        "range_percentile": info["range_percentile"],
         "frozen_batchnorms": info["frozen_batchnorms"],
         "folded_batchnorms": info["folded"],
         "layers": info["layers"],

@@ -34,6 +34,7 @@ import re
 
 import numpy as np
 
+from exporter.convert.ranges import DEFAULT_PERCENTILE
 from exporter.errors import ConversionError, ExporterError
 from exporter.keras import keras, tf
 
@@ -103,6 +104,7 @@ class QATInfo:
     float_graph: object = None  # the folded float model the QAT model wraps (for range calibration)
     ranges_calibrated: int = 0  # samples the activation ranges were initialised from (0: not yet)
     frozen_batchnorms: int = 0  # BatchNormalization layers pinned to inference mode (`freeze_batchnorm`)
+    range_percentile: float | None = None  # what `calibrate_ranges` started the ranges from
 
     @property
     def unquantised(self) -> list[dict]:
@@ -112,7 +114,7 @@ class QATInfo:
     def to_json(self) -> dict:
         return {"layers": [r.to_json() for r in self.layers], "folded": list(self.folded),
                 "unquantised": self.unquantised, "ranges_calibrated_on": self.ranges_calibrated,
-                "frozen_batchnorms": self.frozen_batchnorms}
+                "frozen_batchnorms": self.frozen_batchnorms, "range_percentile": self.range_percentile}
 
 
 def _tfmot():
@@ -399,8 +401,8 @@ def batchnorms(qat) -> list:
     return [layer for layer in inner if isinstance(layer, keras.layers.BatchNormalization)]
 
 
-def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
-    """Start every activation range at the float model's min/max over `images`; returns how many.
+def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8, percentile: float = DEFAULT_PERCENTILE) -> int:
+    """Start every activation range at the float model's over `images`; returns how many.
 
     tfmot starts each moving-average range at [-6, 6] and moves it with an EMA decay of 0.999, so a
     short fine-tune leaves ReLU6 outputs with half their int8 codes spent on negative values and
@@ -408,7 +410,11 @@ def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
     on representative samples, as post-training calibration does, gives QAT a calibrated start:
     output and post-activation ranges from each layer's output, pre-activation ranges (softmax,
     sigmoid, tanh, gelu activations) from its output with the activation switched off. The input
-    quantizer gets the pixel range [0, 255] (widened if the samples exceed it).
+    quantizer gets the pixel range [0, 255] (widened if the samples exceed it). Each range is the
+    `percentile`-th percentile of the values, as post-training int8 narrows its ranges
+    (`exporter.convert.ranges`; 100: min/max). Measured on the trained DeepLab (128 px, 2 epochs at
+    1e-5, distillation): held-out agreement of the int8 file 99.10 % from min/max, 99.24 % from
+    the 99.99th percentile, 98.42 % from the 99.9th.
     """
     info = qat.qat_info
     graph = info.float_graph
@@ -430,7 +436,7 @@ def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
                 pre.setdefault(inner.name, []).append((w, end))
     for targets, linear in ((post, False), (pre, True)):
         if targets:
-            ranges = _measure(graph, list(targets), images, batch_size, linear)
+            ranges = _measure(graph, list(targets), images, batch_size, linear, percentile)
             for name, (lo, hi) in ranges.items():
                 for var, end in targets[name]:
                     var.assign(min(lo, 0.0) if end == "min" else max(hi, 0.0))
@@ -438,11 +444,16 @@ def calibrate_ranges(qat, images: np.ndarray, batch_size: int = 8) -> int:
     for var, end in input_vars:
         var.assign(min(0.0, float(pixels.min())) if end == "min" else max(255.0, float(pixels.max())))
     info.ranges_calibrated = len(images)
+    info.range_percentile = percentile
     return len(post) + len(pre)
 
 
-def _measure(graph, names: list[str], images: np.ndarray, batch_size: int, linear: bool) -> dict:
-    """{layer: (min, max)} of the named layers' outputs (before their activation if `linear`)."""
+def _measure(graph, names: list[str], images: np.ndarray, batch_size: int, linear: bool,
+             percentile: float = 100.0) -> dict:
+    """{layer: (low, high)} of the named layers' outputs (before their activation if `linear`):
+    the `percentile`-th percentile at each end (100: min and max)."""
+    from exporter.convert.ranges import TailTracker
+
     saved = {}
     if linear:
         for name in names:
@@ -450,18 +461,18 @@ def _measure(graph, names: list[str], images: np.ndarray, batch_size: int, linea
             saved[name], layer.activation = layer.activation, keras.activations.linear
     try:
         probe = keras.Model(graph.inputs, [graph.get_layer(n).output for n in names])
-        lo = dict.fromkeys(names, np.inf)
-        hi = dict.fromkeys(names, -np.inf)
+        outputs = probe.outputs if isinstance(probe.outputs, list) else [probe.outputs]
+        tails = {name: TailTracker(len(images) * int(np.prod(out.shape[1:])), percentile)
+                 for name, out in zip(names, outputs)}
         for start in range(0, len(images), batch_size):
             outs = probe(images[start:start + batch_size].astype(np.float32), training=False)
             outs = outs if isinstance(outs, (list, tuple)) else [outs]
             for name, out in zip(names, outs):
-                lo[name] = min(lo[name], float(tf.reduce_min(out)))
-                hi[name] = max(hi[name], float(tf.reduce_max(out)))
+                tails[name].add(out.numpy())
     finally:
         for name, activation in saved.items():
             graph.get_layer(name).activation = activation
-    return {name: (lo[name], hi[name]) for name in names}
+    return {name: tails[name].range() for name in names}
 
 
 # Layers TFLite fuses into the op after them (or whose output tfmot quantises at the next layer).
@@ -527,14 +538,14 @@ def _records(model, float_model, qat, decisions, folded) -> list[LayerRecord]:
 
 def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, batch_size: int = 16,
               seed: int = 0, steps_per_epoch: int | None = None, calibration_samples: int = 64,
-              teacher=None) -> list[float]:
+              teacher=None, range_percentile: float = DEFAULT_PERCENTILE) -> list[float]:
     """Train the QAT model on the training split (flips, as `exporter.train`); per-epoch losses.
 
     With a `teacher` (the float model) the QAT model fits the teacher's class probabilities on each
     batch (`distiller`: KL divergence, soft targets); without one, the split's masks (sparse
     cross-entropy). First (once) its activation ranges start from the float model's on
-    `calibration_samples` stratified training samples (`calibrate_ranges`); 0 keeps tfmot's [-6, 6]
-    start.
+    `calibration_samples` stratified training samples (`calibrate_ranges`, at `range_percentile`);
+    0 keeps tfmot's [-6, 6] start.
     """
     from exporter.train import _dataset, compile_for_training, divergence_guard
 
@@ -545,7 +556,7 @@ def fine_tune(qat, splits, spec, epochs: int = 1, learning_rate: float = 1e-4, b
         from calibration.sampling import representative_indices
 
         idx, _ = representative_indices(splits.train, calibration_samples, seed=seed)
-        calibrate_ranges(qat, splits.train.images[idx])
+        calibrate_ranges(qat, splits.train.images[idx], percentile=range_percentile)
     if teacher is None:
         trainee = compile_for_training(qat, spec.output, learning_rate)
     else:
@@ -647,10 +658,12 @@ def export_qat_model(qat, config):
     return fixed
 
 
-def to_int8_tflite(qat, config, calibration_images: np.ndarray, io: str = "uint8") -> bytes:
-    """Full-integer TFLite of a fine-tuned QAT model (the int8 recipe of `to_tflite`)."""
+def to_int8_tflite(qat, config, calibration_images: np.ndarray, io: str = "uint8",
+                   range_percentile: float = DEFAULT_PERCENTILE) -> bytes:
+    """Full-integer TFLite of a fine-tuned QAT model (the int8 recipe of `to_tflite`; the ops that
+    carry no fake-quant range are calibrated, with ranges narrowed to `range_percentile`)."""
     from exporter.convert.tflite import to_tflite
 
     _check_trained(qat)
     fixed = export_qat_model(qat, config)
-    return to_tflite(fixed, config, "int8", calibration_images, io=io)
+    return to_tflite(fixed, config, "int8", calibration_images, io=io, range_percentile=range_percentile)

@@ -1,6 +1,7 @@
 """Per-layer quantisation error and selective precision, with TFLite's QuantizationDebugger.
 
-The debugger calibrates the float model once (representative *training* samples), then runs a
+The debugger calibrates the float model once (representative *training* samples; activation ranges
+narrowed as the shipped int8 file's are, `exporter.convert.ranges`), then runs a
 debug build in which every quantised op is followed by a NumericVerify op comparing its int8
 output with the float op run on the same (dequantised) input. Over the *held-out* samples that
 gives per-tensor error statistics; we rank tensors by RMSE / scale (the RMSE in units of the int8
@@ -22,6 +23,7 @@ import tempfile
 
 import numpy as np
 
+from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile, clip_calibrated_ranges
 from exporter.errors import ConversionError
 
 # Rounding alone gives RMSE = scale / sqrt(12) on a uniformly spread tensor.
@@ -113,7 +115,7 @@ class QuantDebugSession:
     """One calibration of `model` (batch 1, float) reused for statistics and selective files."""
 
     def __init__(self, model, config, calibration_images: np.ndarray, heldout_images: np.ndarray,
-                 per_tensor: bool = False):
+                 per_tensor: bool = False, range_percentile: float = DEFAULT_PERCENTILE):
         from exporter.convert.tflite import calibrated_converter, representative
         from exporter.keras import tf
 
@@ -125,6 +127,10 @@ class QuantDebugSession:
         self.debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=representative(heldout_images),
             debug_options=tf.lite.experimental.QuantizationDebugOptions())
+        if check_percentile(range_percentile) < 100.0:  # the ranges the shipped int8 file has
+            self.debugger.calibrated_model, _ = clip_calibrated_ranges(
+                self.debugger.calibrated_model, calibration_images, range_percentile)
+            self.debugger.options = self.debugger.options  # the setter re-quantises from them
         self._stats: list[dict] | None = None
 
     def layer_stats(self) -> list[dict]:

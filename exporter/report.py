@@ -66,7 +66,12 @@ def to_markdown(report: dict, figure: str | None) -> str:
         lines += _quantisation_sections(report)
     lines += ["## Mobile delegates", "", _delegates_table(report), ""]
     cal = report["calibration"]
-    lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}.", ""]
+    pct = cal.get("range_percentile", 100.0)
+    ranges = ("TFLite's min/max over them" if pct >= 100 else
+              f"each tensor's min/max narrowed to the {pct:g}th percentile of its values on them (outliers "
+              "saturate, the rest round finer; `--range-percentile 100` keeps min/max)")
+    lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}. "
+              f"int8 activation ranges: {ranges}.", ""]
     lines += ["| class | training pixels | calibration pixels |", "|---|---|---|"]
     for label in report["labels"]:
         lines.append(f"| {label} | {100 * cal['train_coverage'][label]:.2f}% | "

@@ -68,6 +68,37 @@ def test_int8_tflite_is_fully_integer(built):
     assert interp.get_output_details()[0]["dtype"] == np.uint8
     assert list(interp.get_input_details()[0]["shape"]) == [1, *config.input_size, 3]
     assert interp.get_input_details()[0]["quantization"] == (1.0, 0)
+    # Percentile ranges (the default) against TFLite's min/max: finer steps on balance, and more
+    # tensors finer than coarser (the quantiser may derive a tensor's scale from a neighbour's,
+    # so one can come out coarser); the I/O contract is the same.
+    plain = to_tflite(fixed, config, "int8", calib, range_percentile=100)
+    narrow, wide = _activation_scales(blob), _activation_scales(plain)
+    common = narrow.keys() & wide.keys()
+    assert len(common) >= 0.9 * len(wide), (len(common), len(wide))
+    ratios = np.array([narrow[n] / wide[n] for n in common])
+    assert np.sum(np.log(ratios)) < 0 and np.sum(ratios < 0.999) > np.sum(ratios > 1.001), sorted(ratios)
+    assert Interpreter(model_content=plain).get_input_details()[0]["quantization"] == (1.0, 0)
+
+
+def _activation_scales(blob: bytes) -> dict[str, float]:
+    """Scale of every int8 activation tensor (per-tensor quantised, not a constant), by name."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=blob)
+    out = {}
+    for t in interp.get_tensor_details():
+        scales = t["quantization_parameters"]["scales"]
+        if t["dtype"] == np.int8 and len(scales) == 1 and not _is_constant(interp, t["index"]):
+            out[t["name"]] = float(scales[0])
+    return out
+
+
+def _is_constant(interp, index: int) -> bool:
+    try:
+        interp.get_tensor(index)
+        return True
+    except ValueError:  # activations have no data before allocate/invoke
+        return False
 
 
 def _weight_scale_counts(blob: bytes) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile, clip_calibrated_ranges
 from exporter.convert.signature import concrete_function
 from exporter.errors import ConversionError
 
@@ -75,11 +76,12 @@ def weight_scales(per_tensor: bool) -> str:
 
 
 def to_tflite(model, config, precision: str, calibration_images: np.ndarray | None = None,
-              io: str = "uint8", per_tensor: bool = False) -> bytes:
+              io: str = "uint8", per_tensor: bool = False, range_percentile: float = DEFAULT_PERCENTILE) -> bytes:
     """Convert a batch-1 Keras model at one precision (float I/O except for int8's `io`).
 
     `per_tensor`: one int8 scale per weight tensor instead of one per output channel (see
-    `weight_scales`).
+    `weight_scales`). `range_percentile`: int8 activation ranges narrowed to this percentile of
+    the calibration samples' values (`exporter.convert.ranges`; 100 keeps TFLite's min/max).
     """
     from exporter.keras import tf
 
@@ -106,12 +108,36 @@ def to_tflite(model, config, precision: str, calibration_images: np.ndarray | No
     elif precision not in ("float32", "dynamic"):
         raise ConversionError(f"unknown precision {precision!r}")
     try:
-        blob = converter.convert()
+        if precision == "int8" and check_percentile(range_percentile) < 100.0:
+            blob = _int8_with_ranges(converter, calibration_images, range_percentile, io)
+        else:
+            blob = converter.convert()
+    except ConversionError:
+        raise
     except Exception as exc:  # the converter raises many types; the message is what matters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
     if precision == "int8" and io == "uint8":
         blob = _pixels_in_as_bytes(blob)
+    return blob
+
+
+def _int8_with_ranges(converter, calibration_images, percentile: float, io: str) -> bytes:
+    """The converter's own int8 path (calibrate, then the MLIR quantiser) with the calibrated
+    activation ranges narrowed to `percentile` in between; the converter has no hook there."""
+    from tensorflow.lite.python import convert
+
+    from exporter.keras import tf
+
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - stop after calibration
+    calibrated, _ = clip_calibrated_ranges(converter.convert(), calibration_images, percentile)
+    dtype = tf.float32 if io == "float" else getattr(tf, io)
+    # The arguments the converter's own int8 path passes (lite.py, `_quantize`).
+    blob = convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,  # noqa: SLF001
+                                 input_data_type=dtype, output_data_type=dtype)
+    left = float_ops(blob)
+    if left:  # TFLITE_BUILTINS_INT8 fails on a float op; the quantiser alone would keep it
+        raise ConversionError(f"int8 quantisation left float ops: {', '.join(sorted(set(left)))}")
     return blob
 
 
