@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import EXPORTER
+from exporter.convert.ranges import DEFAULT_PERCENTILE
 from test_cli import assert_one_line_error
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,8 @@ def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
     q = report["quantisation"]["qat"]
     assert q["epochs"] == 1 and len(q["losses"]) == 1 and math.isfinite(q["losses"][0])
     assert q["ranges_calibrated_on"] == report["calibration"]["samples"] == 16
+    # QAT's ranges start where post-training int8's end: the same percentile of the same samples.
+    assert q["range_percentile"] == report["calibration"]["range_percentile"] == DEFAULT_PERCENTILE < 100
     assert q["learning_rate"] == pytest.approx(1e-5)  # a hundredth of UNet's 1e-3
     assert q["targets"] == "the float model's class probabilities on the training images (distillation)"  # default
     assert q["frozen_batchnorms"] > 0
@@ -204,6 +207,8 @@ def test_quant_bad_input_is_one_line(qat_run, tmp_path):
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("*.tflite"))
     assert_one_line_error(cli("convert", "--model", "unet", "--keep-float", ",", cwd=tmp_path), "--keep-float")
     assert_one_line_error(cli("convert", "--model", "unet", "--qat", "--per-tensor", cwd=tmp_path), "--per-tensor")
+    assert_one_line_error(cli("convert", "--model", "unet", "--range-percentile", "101", cwd=tmp_path),
+                          "--range-percentile 101", "100 keeps")
     assert_one_line_error(cli("convert", "--model", "unet", "--qat", "--qat-targets", "soft", cwd=tmp_path),
                           "--qat-targets 'soft'", "float", "labels")
 
