@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from exporter.convert.ranges import TailTracker, check_percentile, narrowed
-from exporter.errors import ConversionError
+from exporter.errors import ExporterError
 from support import pixels, small_config
 
 
@@ -31,7 +31,7 @@ def test_narrowed_never_widens_and_keeps_zero():
 
 @pytest.mark.parametrize("bad", [98.9, 100.5, float("nan"), float("inf")])
 def test_percentile_outside_99_to_100_is_refused(bad):
-    with pytest.raises(ConversionError, match="--range-percentile"):
+    with pytest.raises(ExporterError, match="--range-percentile"):
         check_percentile(bad)
 
 

@@ -21,14 +21,14 @@ import math
 
 import numpy as np
 
-from exporter.errors import ConversionError
+from exporter.errors import ExporterError
 
 DEFAULT_PERCENTILE = 99.999  # 100: TFLite's own min/max
 
 
 def check_percentile(percentile: float) -> float:
     if not (isinstance(percentile, (int, float)) and math.isfinite(percentile) and 99.0 <= percentile <= 100.0):
-        raise ConversionError(f"--range-percentile {percentile}: expected a number from 99 to 100 "
+        raise ExporterError(f"--range-percentile {percentile}: expected a number from 99 to 100 "
                               "(100 keeps TFLite's min/max ranges)")
     return float(percentile)
 
