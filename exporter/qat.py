@@ -34,7 +34,7 @@ import re
 
 import numpy as np
 
-from exporter.convert.ranges import DEFAULT_PERCENTILE
+from exporter.convert.ranges import DEFAULT_PERCENTILE, TailTracker
 from exporter.errors import ConversionError, ExporterError
 from exporter.keras import keras, tf
 
@@ -452,8 +452,6 @@ def _measure(graph, names: list[str], images: np.ndarray, batch_size: int, linea
              percentile: float = 100.0) -> dict:
     """{layer: (low, high)} of the named layers' outputs (before their activation if `linear`):
     the `percentile`-th percentile at each end (100: min and max)."""
-    from exporter.convert.ranges import TailTracker
-
     saved = {}
     if linear:
         for name in names:

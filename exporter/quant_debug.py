@@ -128,7 +128,7 @@ class QuantDebugSession:
             converter=converter, debug_dataset=representative(heldout_images),
             debug_options=tf.lite.experimental.QuantizationDebugOptions())
         if check_percentile(range_percentile) < 100.0:  # the ranges the shipped int8 file has
-            self.debugger.calibrated_model, _ = clip_calibrated_ranges(
+            self.debugger.calibrated_model = clip_calibrated_ranges(
                 self.debugger.calibrated_model, calibration_images, range_percentile)
             self.debugger.options = self.debugger.options  # the setter re-quantises from them
         self._stats: list[dict] | None = None

@@ -29,7 +29,7 @@ DEFAULT_PERCENTILE = 99.999  # 100: TFLite's own min/max
 def check_percentile(percentile: float) -> float:
     if not (isinstance(percentile, (int, float)) and math.isfinite(percentile) and 99.0 <= percentile <= 100.0):
         raise ExporterError(f"--range-percentile {percentile}: expected a number from 99 to 100 "
-                              "(100 keeps TFLite's min/max ranges)")
+                            "(100 keeps TFLite's min/max ranges)")
     return float(percentile)
 
 
@@ -81,22 +81,22 @@ def _stat_tensors(graph) -> list[int]:
     return found
 
 
-def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: float) -> tuple[bytes, int]:
+def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: float) -> bytes:
     """A calibrated (not yet quantised) TFLite model with each activation range narrowed to the
-    `percentile`-th percentile of its values on `images` (the calibration samples, pixels 0..255);
-    returns (model bytes, how many ranges got narrower). Percentile 100 returns it unchanged."""
+    `percentile`-th percentile of its values on `images` (the calibration samples, pixels 0..255).
+    Percentile 100 returns it unchanged."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
 
     percentile = check_percentile(percentile)
     if percentile >= 100.0:
-        return calibrated, 0
+        return calibrated
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(calibrated), 0))
     graph = model.subgraphs[0]
     indices = _stat_tensors(graph)
     if not indices:
-        return calibrated, 0
+        return calibrated
     interp = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
@@ -107,14 +107,11 @@ def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
         interp.invoke()
         for i, tracker in trackers.items():
             tracker.add(interp.get_tensor(i))
-    changed = 0
     for i, tracker in trackers.items():
         q = graph.tensors[i].quantization
         lo, hi = narrowed(float(q.min[0]), float(q.max[0]), *tracker.range())
-        if (lo, hi) != (float(q.min[0]), float(q.max[0])):
-            changed += 1
         q.min = np.array([lo], np.float32)
         q.max = np.array([hi], np.float32)
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output()), changed
+    return bytes(builder.Output())

@@ -130,7 +130,7 @@ def _int8_with_ranges(converter, calibration_images, percentile: float, io: str)
     from exporter.keras import tf
 
     converter._experimental_calibrate_only = True  # noqa: SLF001 - stop after calibration
-    calibrated, _ = clip_calibrated_ranges(converter.convert(), calibration_images, percentile)
+    calibrated = clip_calibrated_ranges(converter.convert(), calibration_images, percentile)
     dtype = tf.float32 if io == "float" else getattr(tf, io)
     # The arguments the converter's own int8 path passes (lite.py, `_quantize`).
     blob = convert.mlir_quantize(calibrated, disable_per_channel=converter._experimental_disable_per_channel,  # noqa: SLF001
