@@ -147,7 +147,7 @@ def weight_count(model) -> int:
 
 
 def convert(opts: ConvertOptions) -> dict:
-    from exporter.convert.onnx import quantise_onnx, to_onnx
+    from exporter.convert.onnx import WEIGHT_BITS, quantise_onnx, to_onnx
     from exporter.convert.signature import INPUT_NAME, export_model
     from exporter.convert.tflite import CALIBRATED, float_ops, op_histogram, to_tflite, weight_scales
     from exporter.delegates import gpu_compatibility, gpu_runtime_check, onnx_mobile_usability
@@ -232,8 +232,9 @@ def convert(opts: ConvertOptions) -> dict:
             add("onnx", "float32", "none", onnx_blob)
             if "int8" in precisions:
                 say("quantising the ONNX model to int8 QDQ (ONNX Runtime, same calibration samples)")
-                add("onnx", "int8", "ptq", quantise_onnx(onnx_blob, calib.images, INPUT_NAME, opts.per_tensor),
-                    {"weight_scales": weight_scales(opts.per_tensor)})
+                add("onnx", "int8", "ptq", quantise_onnx(onnx_blob, calib.images, INPUT_NAME, opts.per_tensor,
+                                                        opts.range_percentile),
+                    {"weight_scales": weight_scales(opts.per_tensor), "weight_bits": WEIGHT_BITS})
             for art in artifacts:
                 if art["format"] == "onnx":
                     art["mobile"] = onnx_mobile_usability(staging / art["file"])

@@ -70,8 +70,12 @@ def to_markdown(report: dict, figure: str | None) -> str:
     ranges = ("TFLite's min/max over them" if pct >= 100 else
               f"each tensor's min/max narrowed to the {pct:g}th percentile of its values on them (outliers "
               "saturate, the rest round finer; `--range-percentile 100` keeps min/max)")
+    onnx_int8 = next((a for a in report["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8"), None)
+    onnx_note = (f" The int8 ONNX file has the same activation ranges and its weights in a "
+                 f"{onnx_int8['weight_bits']}-bit range: ONNX Runtime's uint8 x int8 kernels saturate on x86 "
+                 "CPUs without VNNI otherwise." if onnx_int8 and onnx_int8.get("weight_bits") else "")
     lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}. "
-              f"int8 activation ranges: {ranges}.", ""]
+              f"int8 activation ranges: {ranges}.{onnx_note}", ""]
     lines += ["| class | training pixels | calibration pixels |", "|---|---|---|"]
     for label in report["labels"]:
         lines.append(f"| {label} | {100 * cal['train_coverage'][label]:.2f}% | "

@@ -69,3 +69,55 @@ def test_int8_path_without_narrowing_is_the_converters_own():
         outputs.append((out["quantization"], np.stack(got)))
     assert outputs[0][0] == outputs[1][0]
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+
+
+def _qdq_scales(blob: bytes) -> dict:
+    """{activation tensor: its QuantizeLinear scale} of a QDQ ONNX model."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(blob)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+
+
+def test_onnx_int8_gets_the_percentile_ranges_and_7_bit_weights(tmp_path):
+    """The int8 ONNX file narrows activation ranges as the TFLite file does (input and output
+    excepted, never wider, 0 kept) and keeps its weights in ORT's 7-bit range (no uint8 x int8
+    saturation on x86 without VNNI)."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from architectures import build
+    from exporter.convert.onnx import WEIGHT_BITS, quantise_onnx, to_onnx
+    from exporter.convert.ranges import onnx_range_overrides
+    from exporter.convert.signature import INPUT_NAME, OUTPUT_NAME, export_model
+
+    config = small_config("unet")
+    float_blob = to_onnx(export_model(build(config), config), config)
+    calib = pixels(config, n=8, seed=3).astype(np.uint8)
+    (tmp_path / "f.onnx").write_bytes(float_blob)
+    quant_pre_process(str(tmp_path / "f.onnx"), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
+    assert onnx_range_overrides(tmp_path / "pre.onnx", calib, INPUT_NAME, 100.0) == {}
+    overrides = onnx_range_overrides(tmp_path / "pre.onnx", calib, INPUT_NAME, 99.9)
+    assert overrides and INPUT_NAME not in overrides and OUTPUT_NAME not in overrides
+    assert all(o[0]["rmin"] <= 0.0 <= o[0]["rmax"] for o in overrides.values())
+
+    minmax = _qdq_scales(quantise_onnx(float_blob, calib, INPUT_NAME, range_percentile=100.0))
+    narrowed_blob = quantise_onnx(float_blob, calib, INPUT_NAME, range_percentile=99.9)
+    narrow = _qdq_scales(narrowed_blob)
+    common = [t for t in minmax if t in narrow and t in overrides]
+    assert common
+    assert all(narrow[t] <= minmax[t] * (1 + 1e-6) for t in common)  # never coarser than min/max
+    assert sum(narrow[t] < minmax[t] * (1 - 1e-6) for t in common) > len(common) // 2
+    for edge in (INPUT_NAME, OUTPUT_NAME):  # the graph's edges keep ORT's min/max scale
+        if edge in minmax:
+            assert narrow[edge] == pytest.approx(minmax[edge])
+
+    weights = [numpy_helper.to_array(i) for i in onnx.load_from_string(narrowed_blob).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and i.dims]
+    assert weights
+    limit = 2 ** (WEIGHT_BITS - 1)  # symmetric: codes -64..64, where full int8 would reach 127
+    assert max(int(np.abs(w).max()) for w in weights) == limit

@@ -115,3 +115,44 @@ def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output())
+
+
+def onnx_range_overrides(model_path, images: np.ndarray, input_name: str, percentile: float) -> dict:
+    """ONNX Runtime `TensorQuantOverrides` ({tensor: [{"rmin", "rmax"}]}) that narrow every float
+    activation of the ONNX model at `model_path` to the `percentile`-th percentile of its values on
+    `images`, as `clip_calibrated_ranges` does for TFLite: never wider than min/max, always holding
+    0, the graph's input and output left to ORT's own min/max. Empty at percentile 100.
+
+    ORT's own `CalibrationMethod.Percentile` histograms into 2048 bins over +-max|x| and cuts half
+    the tail at each end: a different range from the TFLite file's, so both formats get this one.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    percentile = check_percentile(percentile)
+    if percentile >= 100.0:
+        return {}
+    model = onnx.load(str(model_path))
+    graph = model.graph
+    floats = {vi.name for vi in graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    edges = {t.name for t in graph.input} | {t.name for t in graph.output}
+    names = [out for node in graph.node for out in node.output if out in floats and out not in edges]
+    for name in names:  # expose every activation as an output: one run measures them all
+        graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    trackers: dict[str, TailTracker] = {}
+    lows: dict[str, float] = {}
+    highs: dict[str, float] = {}
+    for image in images:
+        for name, value in zip(names, session.run(names, {input_name: image[None].astype(np.float32)})):
+            if name not in trackers:
+                trackers[name] = TailTracker(len(images) * value.size, percentile)
+                lows[name], highs[name] = np.inf, -np.inf
+            trackers[name].add(value)
+            lows[name] = min(lows[name], float(value.min()))
+            highs[name] = max(highs[name], float(value.max()))
+    overrides = {}
+    for name, tracker in trackers.items():
+        lo, hi = narrowed(lows[name], highs[name], *tracker.range())
+        overrides[name] = [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+    return overrides
