@@ -20,7 +20,7 @@ from pathlib import Path
 # At 128 DeepLab runs in about 1-3 ms, where thread start-up dominates its timings.
 DEFAULT_RUNS = {
     "unet": ["--input-size", "128", "--fp16", "--qat"],
-    # 500 held-out samples for DeepLab and selfie: on 100, per-class IoU changes of +-2 points and mIoU
+    # 500 held-out samples for DeepLab, selfie and SegFormer: on 100, per-class IoU changes of +-2 points and mIoU
     # changes of +-0.5 point came and went between equally good int8 files (21 and 6 classes of
     # small shapes), which is the size of the targets themselves.
     "deeplab": ["--input-size", "128", "--epochs", "40", "--qat", "--val-samples", "500"],
@@ -30,7 +30,8 @@ DEFAULT_RUNS = {
                "--keep-float", "auto"],
     # SegFormer from scratch at 128x128 (8 epochs: held-out mIoU 0.77), with the automatic
     # selective-precision search its issue asks for beside pure int8.
-    "segformer": ["--input-size", "128", "--epochs", "8", "--keep-float", "auto", "--keep-float-tries", "12"],
+    "segformer": ["--input-size", "128", "--epochs", "8", "--keep-float", "auto", "--keep-float-tries", "12",
+                  "--val-samples", "500"],
 }
 
 

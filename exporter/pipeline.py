@@ -432,18 +432,20 @@ def _keep_float(opts, keep_float, session, fixed, config, val, ref, ranking, cal
                       "stratified training samples", "io": opts.io}
     if keep_float == ["auto"]:
         max_drop = opts.max_miou_drop if opts.max_miou_drop is not None else targets_for(config.name).max_miou_drop
+        class_drop = targets_for(config.name).max_class_iou_drop
         say(f"--keep-float auto: keeping the worst layers float until held-out mIoU is within "
-            f"{100 * max_drop:g} point(s) of float (at most {opts.keep_float_tries} layers)")
-        found = keep_float_auto(fixed, config, None, val, max_miou_drop=max_drop,
+            f"{100 * max_drop:g} point(s) of float and no class loses more than {100 * class_drop:g} "
+            f"(at most {opts.keep_float_tries} layers)")
+        found = keep_float_auto(fixed, config, None, val, max_miou_drop=max_drop, max_class_drop=class_drop,
                                 max_tries=opts.keep_float_tries, io=opts.io, session=session, reference=ref)
         chosen, selective = found["keep_float"], found["selective"]
-        recipe.update(mode="auto", max_miou_drop=max_drop, max_tries=opts.keep_float_tries,
+        recipe.update(mode="auto", max_miou_drop=max_drop, max_class_drop=class_drop, max_tries=opts.keep_float_tries,
                       reference_miou=round(found["reference_miou"], 6), target_miou=round(found["target_miou"], 6),
                       met=found["met"], skipped=found["skipped"],
                       trials=[_round_row(t) for t in found["trials"]],
                       measured_on=f"{len(val)} held-out samples")
         if not found["met"]:
-            say(f"warning: --keep-float auto: the mIoU target was not met with {len(chosen)} layer(s) kept float")
+            say(f"warning: --keep-float auto: the target was not met with {len(chosen)} layer(s) kept float")
         if not chosen:
             recipe["file"] = None
             recipe["note"] = "The full-integer file already meets the target: no layer kept float, no extra file"

@@ -253,11 +253,19 @@ def _evaluate_blob(blob: bytes, heldout, num_classes: int, reference_preds=None)
         os.unlink(path)
 
 
+def worst_class_delta(iou: np.ndarray, reference_iou: np.ndarray) -> float:
+    """The largest per-class IoU loss against the reference, as a (negative) delta; classes absent
+    from both (NaN) are skipped."""
+    delta = np.asarray(iou, dtype=float) - np.asarray(reference_iou, dtype=float)
+    return float(np.nanmin(delta)) if np.isfinite(delta).any() else 0.0
+
+
 def keep_float_auto(model, config, calibration_images, heldout, max_miou_drop: float = 0.003,
                     max_tries: int = 4, io: str = "uint8", session: QuantDebugSession | None = None,
-                    reference: dict | None = None) -> dict:
+                    reference: dict | None = None, max_class_drop: float | None = None) -> dict:
     """Greedily keep the worst-ranked layers in float until held-out mIoU is within
-    `max_miou_drop` (a fraction) of the float model, trying at most `max_tries` layers.
+    `max_miou_drop` (a fraction) of the float model, and no class's IoU is more than
+    `max_class_drop` below its float IoU (when given), trying at most `max_tries` layers.
 
     `heldout` is a SegData (images and masks). Returns {"keep_float", "met", "trials",
     "selective": Selective of the last file tried (or the full-integer one when it already meets
@@ -270,6 +278,10 @@ def keep_float_auto(model, config, calibration_images, heldout, max_miou_drop: f
     if reference is None:
         reference = evaluate(KerasRunner(model), heldout.images, heldout.masks, config.num_classes)
     target = reference["miou"] - max_miou_drop
+
+    def meets(trial: dict) -> bool:
+        return trial["miou"] >= target and (max_class_drop is None or trial["worst_class_delta"] >= -max_class_drop)
+
     ranking = session.layer_stats()
     candidates = []  # Keras layers in ranking order, each once
     for row in ranking:
@@ -282,10 +294,11 @@ def keep_float_auto(model, config, calibration_images, heldout, max_miou_drop: f
     pending = iter(candidates)
     for attempt in range(max_tries + 1):
         scores = _evaluate_blob(result.blob, heldout, config.num_classes, reference["preds"])
+        worst = worst_class_delta(scores["per_class_iou"], reference["per_class_iou"])
         trials.append({"keep_float": list(keep), "miou": scores["miou"],
                        "miou_delta": scores["miou"] - reference["miou"], "agreement": scores["agreement"],
-                       "float_ops": len(result.float_ops)})
-        if scores["miou"] >= target or attempt == max_tries:
+                       "worst_class_delta": worst, "float_ops": len(result.float_ops)})
+        if meets(trials[-1]) or attempt == max_tries:
             break
         for layer in pending:
             trial = session.quantize([*keep, layer], io=io)
@@ -297,6 +310,6 @@ def keep_float_auto(model, config, calibration_images, heldout, max_miou_drop: f
             break
         else:
             break  # every candidate tried
-    return {"keep_float": keep, "skipped": skipped, "met": trials[-1]["miou"] >= target, "trials": trials,
+    return {"keep_float": keep, "skipped": skipped, "met": meets(trials[-1]), "trials": trials,
             "selective": result, "reference_miou": reference["miou"], "target_miou": target,
             "ranking": ranking}

@@ -171,17 +171,21 @@ def _quantisation_sections(report: dict) -> list[str]:
         kept = ", ".join(k["keep_float"]) or "none"
         lines.append(f"Mode: {k['mode']}; kept float: {kept} (recipe: `{recipe}`).")
         if k["mode"] == "auto":
+            per_class = (f" and no class more than {100 * k['max_class_drop']:g} IoU points below float"
+                         if k.get("max_class_drop") is not None else "")
             lines.append(f"Target: held-out mIoU ≥ {k['target_miou']:.4f} (float {k['reference_miou']:.4f} − "
-                         f"{100 * k['max_miou_drop']:g} point), at most {k['max_tries']} layers: "
+                         f"{100 * k['max_miou_drop']:g} point){per_class}, at most {k['max_tries']} layers: "
                          f"**{'met' if k['met'] else 'not met'}**.")
         if k.get("note"):
             lines.append(k["note"] + ".")
         lines.append("")
         if k["mode"] == "auto":
-            lines += ["| try | kept float | mIoU | ΔmIoU | agreement | float ops |", "|---|---|---|---|---|---|"]
+            lines += ["| try | kept float | mIoU | ΔmIoU | worst class (points) | agreement | float ops |",
+                      "|---|---|---|---|---|---|---|"]
             for i, t in enumerate(k["trials"]):
+                worst = f"{100 * t['worst_class_delta']:+.2f}" if "worst_class_delta" in t else "-"
                 lines.append(f"| {i} | {', '.join(t['keep_float']) or 'none'} | {t['miou']:.4f} | "
-                             f"{t['miou_delta']:+.4f} | {100 * t['agreement']:.2f}% | {t['float_ops']} |")
+                             f"{t['miou_delta']:+.4f} | {worst} | {100 * t['agreement']:.2f}% | {t['float_ops']} |")
             lines.append("")
         sel, full = files.get("selective"), files.get("ptq")
         if sel and full:

@@ -190,6 +190,12 @@ def test_keep_float_auto_adds_worst_layers_until_the_target_or_the_tries_run_out
     ranked = list(dict.fromkeys(r["layer"] for r in hard["ranking"]))
     assert hard["keep_float"] == [x for x in ranked if x not in hard["skipped"]][:2]
     assert not hard["selective"].full_integer and hard["selective"].float_ops
+    # The per-class criterion holds the search back on its own: an easy mIoU target, no class may lose anything.
+    strict = keep_float_auto(fixed, config, None, heldout, max_miou_drop=1.0, max_class_drop=-1.0, max_tries=1,
+                             session=session)
+    assert not strict["met"] and len(strict["keep_float"]) == 1
+    lenient = keep_float_auto(fixed, config, None, heldout, max_miou_drop=1.0, max_class_drop=1.0, session=session)
+    assert lenient["met"] and lenient["keep_float"] == []
 
 
 @pytest.mark.parametrize("name", list_models())
