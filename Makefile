@@ -8,7 +8,7 @@ OUT ?= runs
 MP_VENV := .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
 
-.PHONY: setup mediapipe-env demo test test-fast bench lint clean
+.PHONY: setup mediapipe-env arm-env demo test test-fast bench lint clean
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -32,10 +32,18 @@ $(MP_STAMP): requirements-mediapipe.txt
 	$(MP_VENV)/bin/python -m pip install --quiet -r requirements-mediapipe.txt
 	touch $(MP_STAMP)
 
+# QEMU user-mode emulation of aarch64 LiteRT with an instruction-counting plugin (exporter/arm/):
+# needs root on Debian/Ubuntu the first time; everything but the apt packages goes under
+# $SEGEXPORT_ARM_CACHE (default .cache/arm). Idempotent: a second run only checks its stamps.
+arm-env: setup
+	@HOST_PYTHON=$(BIN)/python bash exporter/arm/setup_env.sh
+
 demo: setup
 	$(BIN)/exporter convert --model unet --int8 --input-size 128 --epochs 5 --out $(OUT)
 
+# arm-env is attempted, not required: where it cannot be built tests/test_arm.py skips, saying why.
 test: setup
+	-@$(MAKE) --no-print-directory arm-env
 	$(BIN)/python -m pytest -q --timeout 900
 
 test-fast: setup
