@@ -7,11 +7,20 @@ bilinearly; masks with nearest neighbour only (bilinear invents labels along edg
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from calibration.checks import check_finite, check_labels, check_pairs
+from calibration.checks import (
+    BadFile,
+    check_labels,
+    check_pairs,
+    check_same_size,
+    duplicate_stem,
+    image_array_check,
+    mask_array,
+)
 from calibration.dataset import SegData, Splits, split_by_id
 from calibration.synthetic import synthetic_splits
 from exporter.errors import DataError
@@ -38,15 +47,12 @@ def load_splits(
     seed: int = 0,
 ) -> Splits:
     """Training and held-out samples at the model's input size."""
-    layout, root = _parse(spec)
-    if layout == "synthetic":
+    layout_name, root = _parse(spec)
+    if layout_name == "synthetic":
         return synthetic_splits(train_samples, val_samples, size, num_classes, seed)
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found")
-    if layout is None:
-        layout = detect_layout(root)
-    loader = {"folder": _folder_pairs, "pet": _pet_pairs, "voc": _voc_pairs}[layout]
-    pairs, labels, value_map, official_val = loader(root)
+    layout = open_layout(root, layout_name)
+    pairs = _paired(layout)
+    labels = layout.labels
     if labels is None:
         labels = _labels_file(root) or tuple(f"class_{i}" for i in range(num_classes))
     if len(labels) != num_classes:
@@ -54,12 +60,55 @@ def load_splits(
         num_classes = len(labels)
     if max_samples is not None:
         pairs = pairs[:max_samples]
-    data = _read_pairs(pairs, size, num_classes, labels, value_map, f"{layout} folder {root}")
-    if official_val is not None:
-        val = np.array([i in official_val for i in data.ids])
+    data = _read_pairs(pairs, size, num_classes, labels, layout.value_map, f"{layout.name} folder {root}")
+    if layout.official_val is not None:
+        val = np.array([i in layout.official_val for i in data.ids])
         if val.any() and not val.all():
             return Splits(data.subset(np.flatnonzero(~val)), data.subset(np.flatnonzero(val)))
     return split_by_id(data, val_fraction, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a data folder keeps its images and masks, and how its masks are read."""
+
+    name: str  # "folder", "pet" or "voc"
+    root: Path
+    image_dir: Path
+    mask_dir: Path
+    mask_suffixes: frozenset[str]
+    labels: tuple[str, ...] | None  # class names the layout fixes (Pet, VOC); None: labels.txt or --classes
+    value_map: np.ndarray | None  # stored mask value -> class index (Pet's trimaps)
+    masked_only: bool  # only images that have a mask take part (VOC), the others are no problem
+    official_val: set[str] | None
+
+
+def open_layout(root: Path, name: str | None = None) -> Layout:
+    """The layout of a data folder (`name`, or detected); DataError when there is none."""
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    name = name or detect_layout(root)
+    if name == "folder":
+        layout = Layout(name, root, root / "images", root / "masks", frozenset(IMAGE_SUFFIXES), None, None,
+                        False, None)
+    elif name == "pet":
+        # Trimaps exist for every image; stray files (the dataset ships a few .mat images) are
+        # skipped by suffix. Values 1..3 become 0..2, any other value is ignored.
+        value_map = np.full(256, 255, np.uint8)
+        value_map[1:4] = [0, 1, 2]
+        layout = Layout(name, root, root / "images", root / "annotations" / "trimaps", frozenset({".png"}),
+                        PET_LABELS, value_map, False, None)
+    else:
+        # Only images that have a segmentation mask take part; the official val list is respected.
+        val_list = root / "ImageSets" / "Segmentation" / "val.txt"
+        official_val = set(val_list.read_text().split()) if val_list.is_file() else None
+        layout = Layout(name, root, root / "JPEGImages", root / "SegmentationClass", frozenset({".png"}),
+                        VOC_LABELS, None, True, official_val)
+    for folder in (layout.image_dir, layout.mask_dir):
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found (the {name} layout keeps its "
+                            f"{'images' if folder == layout.image_dir else 'masks'} there)")
+    return layout
 
 
 def detect_layout(root: Path) -> str:
@@ -84,49 +133,37 @@ def _parse(spec: str) -> tuple[str | None, Path | None]:
     return None, Path(spec)
 
 
-def _stems(folder: Path, suffixes=IMAGE_SUFFIXES) -> dict[str, Path]:
+def scan_stems(folder: Path, suffixes=IMAGE_SUFFIXES) -> tuple[dict[str, Path], list[BadFile]]:
+    """Files by stem (the first of each stem in name order) and one problem per extra file."""
     found: dict[str, Path] = {}
+    duplicates = []
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.suffix.lower() in suffixes:
             if p.stem in found:
-                raise DataError(f"{p}: two files share the stem {p.stem!r} ({found[p.stem].name})")
-            found[p.stem] = p
-    return found
+                duplicates.append(duplicate_stem(p, found[p.stem]))
+            else:
+                found[p.stem] = p
+    return found, duplicates
 
 
-def _paired(image_dir: Path, mask_dir: Path, mask_suffixes=IMAGE_SUFFIXES, only=None):
-    images, masks = _stems(image_dir), _stems(mask_dir, mask_suffixes)
-    if only is not None:
-        images = {k: v for k, v in images.items() if k in only}
-        masks = {k: v for k, v in masks.items() if k in only}
-    check_pairs(set(images), set(masks), image_dir, mask_dir)
+def list_files(layout: Layout) -> tuple[dict[str, Path], dict[str, Path], list[BadFile]]:
+    """Images and masks taking part, by stem, and one problem per file that shares a stem."""
+    images, image_dups = scan_stems(layout.image_dir)
+    masks, mask_dups = scan_stems(layout.mask_dir, layout.mask_suffixes)
+    if layout.masked_only:
+        images = {k: v for k, v in images.items() if k in masks}
+        image_dups = [d for d in image_dups if Path(d.path).stem in masks]
+    return images, masks, image_dups + mask_dups
+
+
+def _paired(layout: Layout) -> list[tuple[Path, Path]]:
+    images, masks, duplicates = list_files(layout)
+    if duplicates:
+        raise duplicates[0]
+    check_pairs(images, masks, layout.image_dir, layout.mask_dir)
     if not images:
-        raise DataError(f"{image_dir}: no images found")
+        raise DataError(f"{layout.image_dir}: no images found")
     return [(images[k], masks[k]) for k in sorted(images)]
-
-
-def _folder_pairs(root: Path):
-    return _paired(root / "images", root / "masks"), None, None, None
-
-
-def _pet_pairs(root: Path):
-    # Trimaps exist for every image; stray files (the dataset ships a few .mat images) are
-    # skipped by suffix. Values 1..3 become 0..2.
-    pairs = _paired(root / "images", root / "annotations" / "trimaps", {".png"})
-    value_map = np.full(256, 255, np.uint8)
-    value_map[1:4] = [0, 1, 2]
-    return pairs, PET_LABELS, value_map, None
-
-
-def _voc_pairs(root: Path):
-    # Only images that have a segmentation mask take part; the official val list is respected.
-    masks = _stems(root / "SegmentationClass", {".png"})
-    lists = root / "ImageSets" / "Segmentation"
-    official_val = None
-    if (lists / "val.txt").is_file():
-        official_val = set((lists / "val.txt").read_text().split())
-    pairs = _paired(root / "JPEGImages", root / "SegmentationClass", {".png"}, only=set(masks))
-    return pairs, VOC_LABELS, None, official_val
 
 
 def _labels_file(root: Path) -> tuple[str, ...] | None:
@@ -156,8 +193,21 @@ def _open(path: Path):
         im = Image.open(path)
         im.load()
         return im
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc.__class__.__name__}: {exc})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadFile(path, "unreadable", f"unreadable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_image(path: Path):
+    """A decoded, checked image (PIL, any mode); raises BadFile naming the file."""
+    im = _open(path)
+    image_array_check(im, path)
+    return im
+
+
+def read_mask(path: Path, value_map=None) -> np.ndarray:
+    """A decoded, checked mask as uint8 class indices [H, W] (`value_map` applied)."""
+    mask = mask_array(_open(path), path)
+    return mask if value_map is None else value_map[mask]
 
 
 def read_pair(img_path: Path, mask_path: Path, size, num_classes, value_map=None):
@@ -165,28 +215,10 @@ def read_pair(img_path: Path, mask_path: Path, size, num_classes, value_map=None
     from PIL import Image
 
     h, w = size
-    im = _open(img_path)
-    check_finite(np.asarray(im), str(img_path))
-    image = im.convert("RGB")
-    m = _open(mask_path)
-    # Palette PNGs (VOC) hold class indices in the palette index: read them raw.
-    mask_arr = np.asarray(m if m.mode in ("P", "L", "I", "I;16", "F") else m.convert("L"))
-    if mask_arr.ndim != 2:
-        raise DataError(f"{mask_path}: mask must be single-channel class indices, got shape {mask_arr.shape}")
-    check_finite(mask_arr, str(mask_path))
-    if mask_arr.shape != (image.height, image.width):
-        raise DataError(
-            f"{mask_path}: mask is {mask_arr.shape[1]}x{mask_arr.shape[0]} but its image {img_path.name} "
-            f"is {image.width}x{image.height}; mismatched pair?"
-        )
-    if np.issubdtype(mask_arr.dtype, np.floating) and not np.all(mask_arr == np.round(mask_arr)):
-        raise DataError(f"{mask_path}: mask holds non-integer values; masks are class indices")
-    if mask_arr.min() < 0 or mask_arr.max() > 255:
-        raise DataError(f"{mask_path}: label values outside 0..255")
-    mask_arr = mask_arr.astype(np.uint8)
-    if value_map is not None:
-        mask_arr = value_map[mask_arr]
+    image = read_image(img_path)
+    mask_arr = read_mask(mask_path, value_map)
+    check_same_size(mask_arr, image.size, mask_path, img_path)
     check_labels(mask_arr, num_classes, str(mask_path))
-    image = np.asarray(image.resize((w, h), Image.BILINEAR), np.uint8)
+    image = np.asarray(image.convert("RGB").resize((w, h), Image.BILINEAR), np.uint8)
     mask = np.asarray(Image.fromarray(mask_arr).resize((w, h), Image.NEAREST), np.uint8)
     return image, mask

@@ -194,6 +194,38 @@ def inspect(
     typer.echo(quant_errors(path, top=top, samples=samples) if quant else describe_file(path))
 
 
+@app.command("check-data")
+def check_data(
+    data: Annotated[str, typer.Argument(help="A data folder (images/+masks/, Oxford-IIIT Pet or PASCAL VOC layout), "
+                                             "or folder:DIR / pet:DIR / voc:DIR.")],
+    classes: Annotated[Optional[int], typer.Option(
+        "--classes", help="Number of classes (default: the layout's or labels.txt's names, else the largest label).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the problems and class table as JSON here.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Decoding threads (default: one per CPU).")] = None,
+) -> None:
+    """Check a dataset in one pass: every bad file on its own line, then the class table. Exit 0 usable, 1 problems."""
+    from calibration.audit import audit, format_table
+    from exporter.artifacts import write_json
+
+    if workers is not None and workers < 1:
+        raise ExporterError("--workers must be at least 1")
+    result = audit(data, classes, workers=workers)
+    typer.echo(f"checked {result.source}: {result.images} image(s), {result.masks} mask(s), {result.pairs} pair(s), "
+               f"{len(result.labels)} classes (from {result.classes_from}) in {result.seconds:.1f} s")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    for problem in result.problems:
+        typer.echo(problem.message)
+    for line in format_table(result):
+        typer.echo(line)
+    if json_out is not None:
+        write_json(json_out, result.to_json())
+    files = len({p.path for p in result.problems})
+    typer.echo(f"{len(result.problems)} problem(s) in {files} file(s)" if result.problems else "usable: no problems found")
+    if result.problems:
+        sys.exit(1)  # not typer.Exit: with standalone_mode=False its code would be returned, not exited with
+
+
 @app.command("op-bench")
 def op_bench(
     op: Annotated[Optional[list[str]], typer.Option("--op", help="Op kinds to time (repeatable; default: all).")] = None,
