@@ -35,6 +35,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size
 LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Learning rate (default: the model's).")]
 TrainSamplesOpt = Annotated[int, typer.Option(help="Synthetic training samples to generate.")]
 ValSamplesOpt = Annotated[int, typer.Option(help="Synthetic held-out samples to generate.")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed: initial weights, batch order and flips (same seed, data and "
+                                           "code: the same weights and byte-identical files).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
 
 _debug = False
@@ -72,6 +74,11 @@ def train(
     batch_size: BatchOpt = 16,
     lr: LrOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT/MODEL/training.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a training run already in OUT/MODEL/training (without it, a new run there refuses).")] = False,
+    save_every: Annotated[int, typer.Option(
+        "--save-every", help="Also checkpoint every N steps inside an epoch (0: at epoch ends only).")] = 0,
+    seed: SeedOpt = 0,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         help="Local pretrained encoder weights (e.g. ImageNet MobileNetV2 notop .h5), where the model has an encoder.")] = None,
     freeze_encoder: Annotated[Optional[bool], typer.Option(
@@ -79,10 +86,20 @@ def train(
     train_samples: TrainSamplesOpt = 400,
     val_samples: ValSamplesOpt = 100,
 ) -> None:
-    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5."""
+    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5.
+
+    A folder that already holds a run is never replaced without --overwrite; --resume continues it
+    from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
     from calibration.sources import load_splits
-    from exporter.train import Schedule, train as run_training, training_dir
+    from exporter.train import Schedule, claim_run_dir, seed_everything, train as run_training, training_dir
+
+    if resume and overwrite:
+        raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
+    if epochs < 1 or batch_size < 1 or save_every < 0:
+        raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
+    if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
+        claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
 
     options = {}
     if encoder_weights is not None:
@@ -94,8 +111,10 @@ def train(
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
     splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
-    state = run_training(build(config), config, get_spec(model), splits, out,
-                         Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr), resume=resume, data_spec=data)
+    seed_everything(seed)  # before the model is built: seeded initial weights
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every)
+    state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
+                         overwrite=overwrite, data_spec=data)
     last = state["history"][-1] if state["history"] else {}
     typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
                f"weights in {training_dir(out, model) / 'weights.h5'}")
@@ -108,8 +127,10 @@ def convert(
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write a float16-weight TFLite (for GPU delegates).")] = False,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Also write a dynamic-range TFLite (int8 weights).")] = False,
     int16x8: Annotated[bool, typer.Option("--int16x8", help="Also write an int16-activation, int8-weight TFLite.")] = False,
-    weights: Annotated[Optional[Path], typer.Option(help="Trained weights (Keras .h5) or the model's checkpoint folder. "
-                                                         "Without it the model is trained on --data first.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Trained weights: a Keras .h5, a training folder written by "
+                                                         "`exporter train` (or its weights.h5), or the model's checkpoint "
+                                                         "folder. Without it, the finished run in OUT/MODEL/training is "
+                                                         "used, and only when there is none the model is trained first.")] = None,
     data: DataOpt = "synthetic",
     out: OutOpt = Path("runs"),
     io: Annotated[IO, typer.Option(help="Input/output type of the int8 file.")] = IO.uint8,
@@ -149,6 +170,7 @@ def convert(
         help="--keep-float auto target: mIoU points below float (default: the model's int8 target).")] = None,
     keep_float_tries: Annotated[int, typer.Option(help="--keep-float auto: at most this many layers kept float.")] = 4,
     layer_errors: Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")] = 10,
+    seed: SeedOpt = 0,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
     from exporter.errors import ParityError
@@ -165,7 +187,7 @@ def convert(
         precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
                                           ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value, per_tensor=per_tensor,
         calibration_samples=calibration_samples, range_percentile=range_percentile, input_size=input_size, classes=classes,
-        threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr),
+        threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed),
         train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
         qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),

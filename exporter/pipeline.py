@@ -25,7 +25,7 @@ from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile
 from exporter.errors import ExporterError, WeightsError
 from exporter.progress import say
 from exporter.targets import targets_for
-from exporter.train import Schedule, WEIGHTS_FILE, cached_state, train, training_dir
+from exporter.train import Schedule, find_run, run_from_weights, seed_everything, train, training_dir
 
 
 @dataclasses.dataclass
@@ -80,17 +80,23 @@ class ConvertOptions:
 
 
 def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
-    """Resolve the config, load the data and get a float Keras model (loaded or trained)."""
+    """Resolve the config, load the data and get a float Keras model: loaded from --weights, from the
+    finished training run in OUT/MODEL/training, or trained there (only when there is none)."""
     spec = get_spec(opts.model)
+    run = _trained_run(opts)
     overrides = {}
-    if opts.weights is not None:
+    if run is not None:
+        overrides = _config_of_run(run, opts)
+    elif opts.weights is not None:
         if not Path(opts.weights).exists() and spec.config_from_weights is None:
             raise WeightsError(f"{opts.weights}: weights file not found")
         if spec.config_from_weights is not None:
             overrides = spec.config_from_weights(Path(opts.weights))
     if opts.classes is not None:
         overrides.setdefault("num_classes", opts.classes)
-    config = resolve_config(opts.model, input_size=opts.input_size, **overrides)
+    if opts.input_size is not None:
+        overrides.setdefault("input_size", opts.input_size)
+    config = resolve_config(opts.model, **overrides)
     splits = splits_loader(opts.data, config.input_size, config.num_classes,
                            train_samples=opts.train_samples, val_samples=opts.val_samples)
     if "labels" not in overrides and len(splits.labels) == config.num_classes:
@@ -99,29 +105,64 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
     for part in (splits.train, splits.val):
         check_labels(part.masks, config.num_classes, f"data {opts.data} vs model {opts.model}")
 
+    seed_everything(opts.schedule.seed)  # before the model is built: seeded initial weights
     model = build(config)
-    if opts.weights is not None:
+    if run is not None:
+        say(f"using the model trained in {run.folder}: {run.describe()}"
+            + ("" if opts.weights is not None else
+               " (training options apply only when there is no run; another --out trains anew)"))
+        if run.data_spec != opts.data:
+            say(f"warning: that model was trained on {run.data_spec} data; calibrating and validating on {opts.data}")
+        load_weights(model, run.weights, config)
+        state = run.state
+    elif opts.weights is not None:
         load_weights(model, Path(opts.weights), config)
-        training = {"summary": f"weights loaded from {opts.weights}"}
+        return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
     else:
-        state = cached_state(opts.out, config, opts.data, opts.schedule)
-        weights = training_dir(opts.out, config.name) / WEIGHTS_FILE
-        if state is not None:
-            say(f"reusing the model trained earlier in {weights.parent}")
-            model.load_weights(str(weights))
-        else:
-            say(f"no --weights given: training {config.name} on {opts.data} data first "
-                f"(short schedule: {opts.schedule.epochs} epochs; pass --weights to skip)")
-            state = train(model, config, spec, splits, opts.out, opts.schedule, data_spec=opts.data)
-        last = state["history"][-1] if state["history"] else {}
-        training = {
-            "summary": f"trained here for {state['epochs_done']} epochs on {len(splits.train)} samples "
-                       f"of {splits.train.source}; held-out mIoU after training {last.get('val_miou', float('nan')):.4f}",
-            "history": state["history"],
-            "schedule": state["schedule"],
-            "weights": str(weights),
-        }
+        say(f"no --weights given and no training run in {training_dir(opts.out, config.name)}: training "
+            f"{config.name} on {opts.data} data first (short schedule: {opts.schedule.epochs} epochs; "
+            "pass --weights to skip)")
+        state = train(model, config, spec, splits, opts.out, opts.schedule, data_spec=opts.data)
+        run = find_run(training_dir(opts.out, config.name))
+    last = state["history"][-1] if state["history"] else {}
+    training = {
+        "summary": f"trained for {state['epochs_done']} epochs on {run.data_spec} data ({run.folder}); "
+                   f"held-out mIoU after training {last.get('val_miou', float('nan')):.4f}",
+        "history": state["history"],
+        "schedule": state.get("schedule"),
+        "weights": str(run.weights),
+        "folder": str(run.folder),
+    }
     return spec, config, splits, model, training
+
+
+def _trained_run(opts: ConvertOptions):
+    """The training run convert uses: --weights naming one, else the one in OUT/MODEL/training."""
+    if opts.weights is not None:
+        run = run_from_weights(Path(opts.weights))
+    else:
+        run = find_run(training_dir(opts.out, opts.model))
+        if run is not None and not run.finished:
+            raise ExporterError(f"{run.folder} holds an unfinished training run ({run.describe()}); finish it with "
+                                f"`exporter train --model {opts.model} --out {opts.out} --resume`, or pass --weights")
+    if run is not None and run.model_config.get("name", opts.model) != opts.model:
+        raise WeightsError(f"{run.folder}: a training run of {run.model_config.get('name')!r}, not {opts.model!r}")
+    return run
+
+
+def _config_of_run(run, opts: ConvertOptions) -> dict:
+    """resolve_config overrides that rebuild the run's model; explicit options that contradict it fail."""
+    cfg = run.model_config
+    size = tuple(cfg["input_size"])
+    if opts.input_size is not None and (opts.input_size, opts.input_size) != size:
+        raise ExporterError(f"--input-size {opts.input_size}: the model trained in {run.folder} takes "
+                            f"{size[0]}x{size[1]}; drop --input-size, or use another --out to train anew")
+    if opts.classes is not None and opts.classes != len(cfg["labels"]):
+        raise ExporterError(f"--classes {opts.classes}: the model trained in {run.folder} has "
+                            f"{len(cfg['labels'])} classes; drop --classes, or use another --out to train anew")
+    # The trained weights replace any pretrained encoder's, whose file need not exist any more.
+    options = {k: v for k, v in cfg["options"].items() if k != "encoder_weights"}
+    return {"labels": tuple(cfg["labels"]), "input_size": size, **options}
 
 
 def load_weights(model, path: Path, config: ModelConfig) -> None:

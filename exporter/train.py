@@ -1,15 +1,22 @@
-"""Training: Adam on sparse cross-entropy, a checkpoint every epoch, resume, previews.
+"""Training that never loses a run: Adam on sparse cross-entropy, atomic checkpoints, exact resume.
 
-A training run lives in `<out>/<model>/training/`: `checkpoints/` (model and optimiser state,
-so --resume continues exactly), `previews/epoch_NNN.png` (image | true mask | predicted mask,
-the seed's display callback as files), `weights.h5` (the final float weights, what `convert`
-loads) and `state.json` (model config, data, schedule, per-epoch metrics).
+A training run lives in `<out>/<model>/training/`: `checkpoints/` (model, optimiser state and the
+position in the schedule: epoch and step), `previews/epoch_NNN.png` (image | true mask | predicted
+mask, the seed's display callback as files), `weights.h5` (the final float weights, what `convert`
+loads) and `state.json` (model config, data, schedule, per-epoch metrics, `finished`).
+
+What a user trained is never deleted: a new run into a folder that holds one refuses (use
+`--resume`, another `--out`, or `--overwrite`). A run killed at any moment (SIGKILL included)
+resumes from its last checkpoint, written at every epoch end and every `save_every` steps; the
+epoch order and flips of epoch e depend only on (seed, e), so a resumed run sees exactly the
+batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -22,6 +29,11 @@ from exporter.progress import make_progress, say
 
 WEIGHTS_FILE = "weights.h5"
 STATE_FILE = "state.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunExistsError(ExporterError):
+    """A training run is already in the folder a new run would write to."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +42,7 @@ class Schedule:
     batch_size: int = 16
     learning_rate: float | None = None  # None: the architecture's default
     seed: int = 0
+    save_every: int = 0  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -37,6 +50,102 @@ class Schedule:
 
 def training_dir(out: Path, model_name: str) -> Path:
     return Path(out) / model_name / "training"
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, data and code -> the same weights: Python, NumPy and TF seeds, deterministic TF ops.
+
+    Called before the model is built, so the initial weights are seeded too.
+    """
+    from exporter.keras import keras, tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished and unfinished runs on disk
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A training run folder and what its state.json says."""
+
+    folder: Path
+    state: dict
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / WEIGHTS_FILE
+
+    @property
+    def finished(self) -> bool:
+        # Runs from before `finished` was recorded: done when every scheduled epoch is.
+        done = self.state.get("finished", self.epochs_done >= self.state.get("schedule", {}).get("epochs", 1 << 30))
+        return bool(done) and self.weights.is_file()
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.state.get("epochs_done", 0))
+
+    @property
+    def model_config(self) -> dict:
+        return self.state["fingerprint"]["model"]
+
+    @property
+    def data_spec(self) -> str:
+        return self.state["fingerprint"]["data"]
+
+    def describe(self) -> str:
+        last = self.state["history"][-1] if self.state.get("history") else {}
+        miou = last.get("val_miou")
+        return (f"{self.epochs_done} epoch(s) on {self.data_spec} data"
+                + (f", held-out mIoU {miou:.4f}" if miou is not None else ""))
+
+
+def find_run(folder: Path) -> TrainedRun | None:
+    """The run in `folder` (finished or not), or None when the folder holds none."""
+    folder = Path(folder)
+    state_path = folder / STATE_FILE
+    if state_path.is_file():
+        try:
+            return TrainedRun(folder, json.loads(state_path.read_text()))
+        except (json.JSONDecodeError, OSError) as exc:
+            raise ExporterError(f"{state_path}: unreadable training state ({exc})") from None
+    if (folder / CHECKPOINTS).is_dir() or (folder / WEIGHTS_FILE).is_file():
+        # Checkpoints without a state file: not ours to judge, and certainly not ours to delete.
+        return TrainedRun(folder, {"fingerprint": {"model": {}, "data": "unknown"}, "history": []})
+    return None
+
+
+def run_from_weights(path: Path) -> TrainedRun | None:
+    """`--weights` given as a training folder or as the weights.h5 inside one."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_file() and path.name != WEIGHTS_FILE:
+        return None
+    run = find_run(folder) if (folder / STATE_FILE).is_file() else None
+    if run is not None and path.is_dir() and not run.finished:
+        raise ExporterError(f"{folder}: the training run there is unfinished ({run.describe()}); "
+                            "finish it with `exporter train --resume` first")
+    return run
+
+
+def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """A new run may write to `run_dir` only if it holds no run, or the user said --overwrite."""
+    existing = find_run(run_dir)
+    if existing is None or resume:
+        return
+    if not overwrite:
+        what = "a finished" if existing.finished else "an unfinished"
+        raise RunExistsError(f"{run_dir} already holds {what} training run ({existing.describe()}); "
+                             "use --resume to continue it, another --out, or --overwrite to replace it")
+    say(f"--overwrite: replacing the training run in {run_dir} ({existing.describe()})")
+    shutil.rmtree(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
 
 
 def compile_for_training(model, output: str, learning_rate: float):
@@ -49,11 +158,18 @@ def compile_for_training(model, output: str, learning_rate: float):
     return model
 
 
+def check_loss(loss: float, epoch: int, step: int, learning_rate: float, option: str = "--lr") -> None:
+    """Stop with one clear line when the loss stops being finite (nothing is saved from NaN weights)."""
+    if loss is not None and not np.isfinite(loss):
+        raise ExporterError(f"training diverged: the loss became {loss} at epoch {epoch + 1}, "
+                            f"step {step + 1} (learning rate {learning_rate:g}); try a lower {option}")
+
+
 def divergence_guard(learning_rate: float, option: str = "--lr"):
-    """A Keras callback that stops training with one clear line when the loss stops being finite.
+    """check_loss as a Keras callback, for training that runs through `fit` (QAT).
 
     Keras' own TerminateOnNaN stops silently, and the NaN weights would then be saved, converted
-    and reported as a model; here the run fails before anything is written from them.
+    and reported as a model.
     """
     from exporter.keras import keras
 
@@ -64,15 +180,13 @@ def divergence_guard(learning_rate: float, option: str = "--lr"):
             self.epoch = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(loss):
-                raise ExporterError(f"training diverged: the loss became {loss} at epoch {self.epoch + 1}, "
-                                    f"step {batch + 1} (learning rate {learning_rate:g}); try a lower {option}")
+            check_loss((logs or {}).get("loss"), self.epoch, batch, learning_rate, option)
 
     return DivergenceGuard()
 
 
 def _dataset(splits: Splits, batch_size: int, seed: int):
+    """The training split as a shuffled, flipped tf.data pipeline (QAT fine-tuning uses it)."""
     from exporter.keras import tf
 
     train = splits.train
@@ -89,6 +203,23 @@ def _dataset(splits: Splits, batch_size: int, seed: int):
     ds = ds.map(lambda i, m: (tf.cast(i, tf.float32), tf.cast(m, tf.int32)))
     ds = ds.map(lambda i, m: flip(i, m[..., None]))
     return ds.batch(batch_size).prefetch(2)
+
+
+def epoch_batches(splits: Splits, batch_size: int, seed: int, epoch: int, start_step: int = 0):
+    """Epoch `epoch`'s batches from `start_step` on: order and left-right flips drawn from (seed, epoch)
+    alone, so a resumed epoch replays exactly the batches an uninterrupted run would see."""
+    train = splits.train
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(train))
+    flips = rng.random(len(train)) < 0.5
+    for start in range(start_step * batch_size, len(train), batch_size):
+        idx = order[start : start + batch_size]
+        images = train.images[idx].astype(np.float32)
+        masks = train.masks[idx].astype(np.int32)
+        flip = flips[start : start + batch_size]
+        images[flip] = images[flip][:, :, ::-1]
+        masks[flip] = masks[flip][:, :, ::-1]
+        yield images, masks[..., None]
 
 
 def predict_masks(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -109,85 +240,108 @@ def write_preview(path: Path, image: np.ndarray, mask: np.ndarray, pred: np.ndar
         Image.fromarray(row).save(tmp, format="PNG")
 
 
+class _Checkpoints:
+    """Model, optimiser and schedule position, saved atomically (TensorFlow writes a checkpoint's
+    files under temporary names and then its index file by rename; a save killed halfway leaves the
+    previous checkpoint the latest). Restore falls back to an older one if the newest is damaged."""
+
+    def __init__(self, folder: Path, model):
+        from exporter.keras import tf
+
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)  # steps done in the epoch after them
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch,
+                                              step=self.step)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(folder), max_to_keep=3)
+
+    def save(self, epoch: int, step: int, number: int) -> None:
+        self.epoch.assign(epoch)
+        self.step.assign(step)
+        self.manager.save(checkpoint_number=number)
+
+    def restore(self) -> tuple[int, int]:
+        """(epochs completed, steps into the next epoch) of the newest usable checkpoint."""
+        candidates = list(reversed(self.manager.checkpoints))
+        if not candidates:
+            raise ExporterError(f"{self.manager.directory}: nothing to resume (no checkpoint); run without --resume")
+        for i, path in enumerate(candidates):
+            try:
+                self.checkpoint.restore(path).expect_partial()
+            except Exception as exc:  # a damaged file: the previous checkpoint is still whole
+                say(f"warning: checkpoint {Path(path).name} is unreadable ({type(exc).__name__}); "
+                    + ("trying the one before it" if i + 1 < len(candidates) else "no older checkpoint left"))
+                continue
+            return int(self.epoch.numpy()), int(self.step.numpy())
+        raise ExporterError(f"{self.manager.directory}: no readable checkpoint to resume from")
+
+
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
-          data_spec: str = "synthetic") -> dict:
-    """Train `model` in place; returns the state written to state.json."""
-    from exporter.keras import keras, tf
+          overwrite: bool = False, data_spec: str = "synthetic") -> dict:
+    """Train `model` in place into OUT/MODEL/training; returns the state written to state.json."""
     from exporter.parity import confusion, miou_from_confusion
 
     run_dir = training_dir(out, config.name)
-    ckpt_dir = run_dir / "checkpoints"
+    claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
     lr = schedule.learning_rate or spec.learning_rate
     compile_for_training(model, spec.output, lr)
-    tf.random.set_seed(schedule.seed)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=2)
+    ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
     fingerprint = {"model": config.to_json(), "data": data_spec}
-    state = {"fingerprint": fingerprint, "schedule": schedule.to_json(), "epochs_done": 0, "history": []}
+    state = {"fingerprint": fingerprint, "schedule": schedule.to_json(), "epochs_done": 0, "history": [],
+             "finished": False}
+    start_epoch = start_step = 0
     if resume:
-        state_path = run_dir / STATE_FILE
-        if not manager.latest_checkpoint or not state_path.is_file():
-            raise ExporterError(f"{run_dir}: nothing to resume (no checkpoint); run without --resume")
-        previous = json.loads(state_path.read_text())
-        if previous["fingerprint"] != fingerprint:
-            raise ExporterError(f"{run_dir}: checkpoint was trained with a different model or data; "
+        previous = find_run(run_dir)
+        if previous is None:
+            raise ExporterError(f"{run_dir}: nothing to resume (no training run there); run without --resume")
+        if previous.state["fingerprint"] != fingerprint:
+            raise ExporterError(f"{run_dir}: that run was trained with a different model or data; "
                                 "use another --out or drop --resume")
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        state.update(epochs_done=previous["epochs_done"], history=previous["history"])
-        say(f"resuming {config.name} from epoch {state['epochs_done']}")
-    elif run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)  # a fresh run must not mix with an old run's checkpoints
+        start_epoch, start_step = ckpt.restore()
+        # state.json is written just before each checkpoint: keep only what the checkpoint holds.
+        history = [h for h in previous.state["history"] if h["epoch"] <= start_epoch]
+        state.update(epochs_done=start_epoch, history=history)
+        say(f"resuming {config.name} from epoch {start_epoch + 1}" + (f", step {start_step + 1}" if start_step else "")
+            + f" ({start_epoch} epoch(s) done)")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    ds = _dataset(splits, schedule.batch_size, schedule.seed)
     steps = int(np.ceil(len(splits.train) / schedule.batch_size))
-    preview_image = splits.val.images[:1]
     say(f"training {config.name} at {config.input_size[0]}x{config.input_size[1]} on "
-        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}")
+        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}, "
+        f"seed {schedule.seed}")
 
-    class EpochEnd(keras.callbacks.Callback):
-        def __init__(self, bar, task):
-            super().__init__()
-            self.bar, self.task, self.start = bar, task, time.time()
+    def save(epoch: int, step: int) -> None:
+        write_json(run_dir / STATE_FILE, state)
+        ckpt.save(epoch, step, number=epoch * steps + step)
 
-        def on_train_batch_end(self, batch, logs=None):
-            self.bar.update(self.task, advance=1, info=f"loss {logs['loss']:.3f}")
-
-        def on_epoch_end(self, epoch, logs=None):
-            pred = predict_masks(self.model, splits.val.images)
+    remaining = (schedule.epochs - start_epoch) * steps - start_step
+    with make_progress() as bar:
+        task = bar.add_task("training", total=max(remaining, 0), info="")
+        for epoch in range(start_epoch, schedule.epochs):
+            started = time.time()
+            losses = []
+            first = start_step if epoch == start_epoch else 0
+            for step, (images, masks) in enumerate(
+                    epoch_batches(splits, schedule.batch_size, schedule.seed, epoch, first), start=first):
+                loss = float(model.train_on_batch(images, masks))
+                check_loss(loss, epoch, step, lr)
+                losses.append(loss)
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss:.3f}")
+                if schedule.save_every and (step + 1) % schedule.save_every == 0 and step + 1 < steps:
+                    save(epoch, step + 1)
+            pred = predict_masks(model, splits.val.images)
             cm = confusion(splits.val.masks, pred, config.num_classes)
-            record = {"epoch": epoch + 1, "loss": float(logs["loss"]),
-                      "val_miou": miou_from_confusion(cm), "seconds": round(time.time() - self.start, 1)}
+            # The loss of a resumed epoch is over the steps run since the resume.
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
+                      "val_miou": miou_from_confusion(cm), "seconds": round(time.time() - started, 1)}
             state["history"].append(record)
             state["epochs_done"] = epoch + 1
-            manager.save(checkpoint_number=epoch + 1)
-            write_preview(run_dir / "previews" / f"epoch_{epoch + 1:03d}.png", preview_image[0],
+            save(epoch + 1, 0)
+            write_preview(run_dir / "previews" / f"epoch_{epoch + 1:03d}.png", splits.val.images[0],
                           splits.val.masks[0], pred[0], config.num_classes)
-            write_json(run_dir / STATE_FILE, state)
             say(f"epoch {epoch + 1}/{schedule.epochs}: loss {record['loss']:.4f}, "
                 f"held-out mIoU {record['val_miou']:.4f}")
-
-    remaining = schedule.epochs - state["epochs_done"]
-    if remaining > 0:
-        with make_progress() as bar:
-            task = bar.add_task("training", total=remaining * steps, info="")
-            model.fit(ds, epochs=schedule.epochs, initial_epoch=state["epochs_done"], verbose=0,
-                      callbacks=[divergence_guard(lr), EpochEnd(bar, task)])
     with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
         model.save_weights(str(tmp))
+    state["finished"] = True
+    write_json(run_dir / STATE_FILE, state)
     return state
-
-
-def cached_state(out: Path, config, data_spec: str, schedule: Schedule) -> dict | None:
-    """The state of a finished training run matching this model, data and schedule, if any."""
-    run_dir = training_dir(out, config.name)
-    state_path, weights = run_dir / STATE_FILE, run_dir / WEIGHTS_FILE
-    if not (state_path.is_file() and weights.is_file()):
-        return None
-    state = json.loads(state_path.read_text())
-    same = state["fingerprint"] == {"model": config.to_json(), "data": data_spec}
-    if same and state["schedule"] == schedule.to_json() and state["epochs_done"] >= schedule.epochs:
-        return state
-    return None

@@ -59,7 +59,7 @@ def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
     out, opts, first = unet_run
     capfd.readouterr()
     second = convert(ConvertOptions(**{**opts.__dict__, "precisions": ("float32",), "onnx": False, "bench": False}))
-    assert "reusing the model trained earlier" in capfd.readouterr().err
+    assert "using the model trained in" in capfd.readouterr().err
     assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
 
 
