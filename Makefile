@@ -44,7 +44,7 @@ demo: setup
 # arm-env is attempted, not required: where it cannot be built tests/test_arm.py skips, saying why.
 test: setup
 	-@$(MAKE) --no-print-directory arm-env
-	$(BIN)/python -m pytest -q --timeout 900
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
