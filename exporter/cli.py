@@ -278,6 +278,11 @@ def main() -> None:
     """Console entry point: the one place errors are turned into a line and an exit code."""
     global _debug
     _debug = "--debug" in sys.argv
+    if not _debug:  # --debug shows everything the runtimes print
+        from exporter.quiet import filter_native_stderr, quiet_library_warnings
+
+        quiet_library_warnings()
+        filter_native_stderr()
     try:
         app(standalone_mode=False)
     except ExporterError as exc:

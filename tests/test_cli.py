@@ -69,3 +69,18 @@ def test_op_bench_times_real_files(run_cli, tmp_path):
         assert row["float32_ms"] > 0 and row["int8_ms"] > 0
         assert row["int8_speedup"] == round(row["float32_ms"] / row["int8_ms"], 3)
     assert_one_line_error(run_cli("op-bench", "--op", "softmax"), "unknown op 'softmax'", "conv3x3")
+    # TensorFlow's and LiteRT's native start-up chatter is filtered from what the user reads.
+    chatter = [line for line in result.stderr.splitlines()
+               if "cudart_stub" in line or "XNNPACK delegate" in line or "absl::InitializeLog" in line]
+    assert not chatter, chatter
+
+
+def test_native_stderr_filter_drops_chatter_and_keeps_errors():
+    from exporter.quiet import is_noise
+
+    assert is_noise(b"I0000 00:00:1796159218.092587   28780 cudart_stub.cc:31] Could not find cuda drivers")
+    assert is_noise(b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.")
+    assert is_noise(b"fully_quantize: 0, inference_type: 6, input_inference_type: UINT8, output_inference_type: UINT8")
+    assert not is_noise(b"E0000 00:00:1796159229.0   28780 interpreter.cc:12] Node number 3 (CONV_2D) failed")
+    assert not is_noise(b"error: data: label value(s) 7 outside 0..2")
+    assert not is_noise(b"ERROR: tensorflow/lite/kernels/conv.cc:349 input->dims->size != 4 (3 != 4)")
