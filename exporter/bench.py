@@ -16,15 +16,20 @@ import numpy as np
 from exporter.runtimes import open_runner
 
 
-def benchmark(paths: dict[str, Path], pixels: np.ndarray, threads=(1, 2), blocks: int = 6,
-              runs: int = 5, pause_s: float = 0.1, progress=None) -> dict[str, dict[int, dict]]:
-    """{name: {threads: {"median", "p90", "runs"}}} in milliseconds."""
+def benchmark(paths: dict[str, Path], pixels, threads=(1, 2), blocks: int = 6,
+              runs: int = 5, pause_s: float = 0.1, progress=None, warmup: int = 3,
+              opener=open_runner) -> dict[str, dict[int, dict]]:
+    """{name: {threads: {"median", "p90", "min", "runs"}}} in milliseconds.
+
+    `pixels`: one input for every file, or {name: input} (files of different input sizes);
+    `opener(path, threads)` makes the runners (default `open_runner`); `warmup` untimed runs each.
+    """
     results: dict[str, dict[int, dict]] = {name: {} for name in paths}
     for t in threads:
-        runners = {name: open_runner(path, t) for name, path in paths.items()}
-        for runner in runners.values():
-            runner.set_input(pixels)
-            for _ in range(3):  # warm-up: allocation, delegate preparation, caches
+        runners = {name: opener(path, t) for name, path in paths.items()}
+        for name, runner in runners.items():
+            runner.set_input(pixels[name] if isinstance(pixels, dict) else pixels)
+            for _ in range(warmup):  # warm-up: allocation, delegate preparation, caches
                 runner.invoke()
         samples: dict[str, list[float]] = {name: [] for name in paths}
         names = list(runners)
@@ -45,6 +50,7 @@ def benchmark(paths: dict[str, Path], pixels: np.ndarray, threads=(1, 2), blocks
             results[name][t] = {
                 "median": round(float(np.median(times)), 3),
                 "p90": round(float(np.percentile(times, 90)), 3),
+                "min": round(float(np.min(times)), 3),
                 "runs": len(times),
             }
         del runners

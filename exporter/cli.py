@@ -274,6 +274,97 @@ def op_bench(
                               "threads": threads, "rows": rows})
 
 
+@app.command("benchmark")
+def benchmark_cmd(
+    files: Annotated[list[Path], typer.Argument(help=".tflite or .onnx files, ours or anyone's.")],
+    threads: Annotated[str, typer.Option(help="Thread counts to time, comma-separated.")] = "1,2",
+    runs: Annotated[int, typer.Option(help="Timed runs per file and thread count.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per file and thread count first.")] = 5,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    markdown_out: Annotated[Optional[Path], typer.Option("--markdown", help="Also write it as Markdown here.")] = None,
+    arm: Annotated[Optional[str], typer.Option(
+        "--arm", help="Also count instructions per inference of each .tflite on emulated ARM cores "
+                      "(cortex-a76,cortex-a55; needs `make arm-env`).")] = None,
+    onnx_mobile: Annotated[bool, typer.Option(
+        "--onnx-mobile", help="Also run ONNX Runtime's mobile usability checker on .onnx files (NNAPI/CoreML "
+                              "partitions; seconds per file).")] = False,
+) -> None:
+    """Time and describe model files side by side: precision, I/O, ops, delegation, latency. Exit 1 if a file failed."""
+    from exporter.artifacts import write_json, write_bytes
+    from exporter.benchmark_files import (BenchmarkError, benchmark_files, details, markdown, parse_cores,
+                                          parse_threads, summary_table)
+    from exporter.progress import say
+
+    thread_counts, cores = parse_threads(threads), parse_cores(arm)
+    if runs < 1 or warmup < 0:
+        raise ExporterError("--runs must be at least 1 and --warmup at least 0")
+    report = benchmark_files(files, thread_counts, runs=runs, warmup=warmup, arm_cores=cores,
+                             onnx_mobile=onnx_mobile, say=say)
+    for row in report["files"]:
+        for line in details(row):
+            typer.echo(line)
+    if cores and report["arm"].get("status"):
+        typer.echo(f"ARM: not measured: {report['arm']['status']}")
+    elif cores:
+        typer.echo(f"ARM ratio baseline: {report['arm']['baseline'] or report['arm']['baseline_note']}")
+    typer.echo("")
+    for line in summary_table(report):
+        typer.echo(line)
+    if json_out is not None:
+        write_json(json_out, report)
+    if markdown_out is not None:
+        write_bytes(markdown_out, markdown(report).encode())
+    failed = [row for row in report["files"] if row["status"] != "ran"]
+    if failed:
+        raise BenchmarkError(f"{len(failed)} of {len(report['files'])} file(s) failed: "
+                             + "; ".join(f"{row['file']}: {row['reason']}" for row in failed))
+
+
+@app.command("validate")
+def validate_cmd(
+    candidate: Annotated[Path, typer.Argument(help="The file to check (.tflite or .onnx), ours or anyone's.")],
+    reference: Annotated[Path, typer.Option(
+        help="The float file it must agree with: .tflite, .onnx, or Keras weights (.h5) with --model.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Architecture of a Keras --reference; also gives the default gates (its int8 "
+                              "targets) when no --fail-below or --gate is given.")] = None,
+    data: DataOpt = "synthetic",
+    samples: Annotated[int, typer.Option(help="Held-out samples to compare on (at most).")] = 100,
+    mean: Annotated[Optional[str], typer.Option(
+        help="For a file whose input contract is not declared (no MediaPipe metadata, not ours): the mean "
+             "subtracted from 0..255 pixels, one value or one per channel.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="... and the std they are divided by (see --mean).")] = None,
+    fail_below: Annotated[Optional[str], typer.Option(
+        "--fail-below", help="Gates, fractions: metric=threshold,... from agreement, miou, miou_delta, "
+                             "class_iou_delta, e.g. agreement=0.99,miou_delta=-0.005,class_iou_delta=-0.015.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(
+        "--gate", help="Gates from a TOML (or YAML) file: a [fail_below] table of metric = threshold.")] = None,
+    output: Annotated[Optional[str], typer.Option(
+        "--output", help="The candidate's mask output, by index or name (default: the largest 4-D output).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all metrics and gate results here.")] = None,
+    junit_out: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (one testcase a gate).")] = None,
+) -> None:
+    """Parity gate: candidate vs reference on held-out data. Exit 0 gates pass, 1 a gate failed, 2 bad input."""
+    from exporter.artifacts import write_bytes, write_json
+    from exporter.progress import say
+    from exporter.validate import GateError, failures, markdown, parse_values, resolve_gates, validate
+
+    gates, source = resolve_gates(fail_below, gate, model)  # bad gates fail before any work
+    result = validate(candidate, reference, model=model, data=data, samples=samples,
+                      mean=parse_values(mean, "mean"), std=parse_values(std, "std"), gates=gates,
+                      gate_source=source, output=output, say=say)
+    typer.echo(markdown(result), nl=False)
+    if json_out is not None:
+        write_json(json_out, result)
+    if junit_out is not None:
+        from exporter.validate import junit
+
+        write_bytes(junit_out, junit(result).encode())
+    if failures(result):  # each failing gate is one line of the summary above: metric, value, threshold
+        raise GateError(f"{len(failures(result))} gate(s) failed: "
+                        + ", ".join(g["metric"] for g in result["gates"] if not g["passed"]))
+
+
 def main() -> None:
     """Console entry point: the one place errors are turned into a line and an exit code."""
     global _debug

@@ -20,15 +20,22 @@ from pathlib import Path
 GPU_UNSUPPORTED_OPS = {"ARG_MAX", "GATHER_ND", "CUSTOM"}
 
 
-def gpu_compatibility(model_content: bytes) -> dict:
+def gpu_compatibility(model_content: bytes, analyzer: str = "tensorflow") -> dict:
+    """`analyzer`: "tensorflow" (tf.lite.experimental.Analyzer) or "litert": the same analyzer as
+    the LiteRT wheel ships it, without importing TensorFlow (seconds saved where nothing else needs it)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from exporter.keras import tf
+    if analyzer == "litert":
+        from ai_edge_litert import _pywrap_analyzer_wrapper
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        tf.lite.experimental.Analyzer.analyze(model_content=model_content, gpu_compatibility=True)
-    text = buf.getvalue()
+        text = _pywrap_analyzer_wrapper.ModelAnalyzer(model_content, False, True)
+    else:
+        from exporter.keras import tf
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            tf.lite.experimental.Analyzer.analyze(model_content=model_content, gpu_compatibility=True)
+        text = buf.getvalue()
     warnings = sorted({line.strip() for line in text.splitlines() if "GPU COMPATIBILITY WARNING" in line})
     interp = Interpreter(model_content=model_content,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)

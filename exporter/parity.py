@@ -2,7 +2,8 @@
 
 IoU is computed from one confusion matrix accumulated over all held-out pixels (not averaged
 per image); mIoU averages the classes that occur in the ground truth or the prediction.
-Pixels labelled IGNORE_LABEL count for neither.
+Pixels labelled IGNORE_LABEL count for neither. A prediction is the argmax of the scores; a
+1-channel (sigmoid) head predicts class 1 where its probability is above 0.5 (`class_map`).
 """
 
 from __future__ import annotations
@@ -31,15 +32,25 @@ def miou_from_confusion(cm: np.ndarray) -> float:
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
 
 
+def class_map(scores: np.ndarray, logits: bool = False) -> np.ndarray:
+    """Class per pixel of scores [..., C]: the argmax, or for C == 1 (a sigmoid head) probability
+    > 0.5 (`logits`: the head outputs logits, so > 0)."""
+    if scores.shape[-1] == 1:
+        return (scores[..., 0] > (0.0 if logits else 0.5)).astype(np.uint8)
+    return np.argmax(scores, axis=-1).astype(np.uint8)
+
+
 def evaluate(runner, images: np.ndarray, masks: np.ndarray, num_classes: int, reference_preds=None,
-             reference_scores=None) -> dict:
-    """Run `runner` on every held-out image; compare with ground truth and the float reference."""
+             reference_scores=None, classes_of=class_map) -> dict:
+    """Run `runner` on every held-out image; compare with ground truth and the float reference.
+
+    `classes_of(scores [H, W, C]) -> classes [H, W]` turns scores into a prediction (`class_map`)."""
     cm = np.zeros((num_classes, num_classes), np.int64)
     preds, agree, max_diff = [], 0, 0.0
     scores_out = []
     for i in range(len(images)):
         scores = runner.predict(images[i : i + 1])[0]
-        pred = np.argmax(scores, axis=-1).astype(np.uint8)
+        pred = classes_of(scores)
         preds.append(pred)
         cm += confusion(masks[i], pred, num_classes)
         if reference_preds is not None:

@@ -3,6 +3,10 @@
 `runner.predict(pixels)` takes uint8 RGB [1, H, W, 3] and returns float scores [1, H, W, C];
 quantised inputs and outputs are (de)quantised here with the file's own parameters, so parity
 compares like with like. `runner.invoke()` re-runs the last input, for timing.
+
+Files made elsewhere: `normalisation=(mean, std)` feeds (pixels - mean) / std instead (float
+inputs, or integer ones quantised from it), `output=k` picks the k-th output tensor (default the
+first), and an ONNX input [1, 3, H, W] is fed channels-first, its 4-D output read back as NHWC.
 """
 
 from __future__ import annotations
@@ -13,14 +17,37 @@ from pathlib import Path
 import numpy as np
 
 
+def normalise(pixels: np.ndarray, normalisation) -> np.ndarray:
+    """(pixels - mean) / std as float32 (mean and std: one value or one per channel); None: as they are."""
+    if normalisation is None:
+        return pixels
+    mean, std = (np.asarray(v, np.float32) for v in normalisation)
+    return (pixels.astype(np.float32) - mean) / std
+
+
+def channels_first(shape) -> bool:
+    """An image input [1, C, H, W] (C of 1, 3 or 4) rather than [1, H, W, C]."""
+    dims = list(shape)
+    return (len(dims) == 4 and dims[1] in (1, 3, 4) and not (isinstance(dims[3], int) and dims[3] in (1, 3, 4)))
+
+
+ONNX_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int16)": np.int16,
+               "tensor(int32)": np.int32}
+
+
 class KerasRunner:
     runtime = "keras"
 
-    def __init__(self, model):
+    def __init__(self, model, output: int | None = None):
         self.model = model
+        self.output_index = output or 0
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model(pixels.astype(np.float32), training=False))
+        out = self.model(pixels.astype(np.float32), training=False)
+        if isinstance(out, (list, tuple)):
+            out = out[self.output_index]
+        return np.asarray(out)
 
 
 class LiteRTRunner:
@@ -32,15 +59,21 @@ class LiteRTRunner:
 
     runtime = "litert"
 
-    def __init__(self, path: Path, threads: int = 2):
+    def __init__(self, path: Path, threads: int = 2, output: int | None = None,
+                 normalisation=None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        if output is not None:
+            self.output = self.outputs[output]
+        self.normalisation = normalisation
 
     def set_input(self, pixels: np.ndarray) -> None:
+        pixels = normalise(pixels, self.normalisation)
         dtype = self.input["dtype"]
         scale, zero = self.input["quantization"]
         if np.issubdtype(dtype, np.integer):
@@ -105,7 +138,7 @@ def delegation(interpreter) -> dict:
 class OnnxRunner:
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int = 2):
+    def __init__(self, path: Path, threads: int = 2, output: int | None = None, normalisation=None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -114,24 +147,38 @@ class OnnxRunner:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
+        self.outputs = self.session.get_outputs()
+        self.output_index = output or 0
+        self.normalisation = normalisation
+        self.channels_first = channels_first(self.input.shape)
         self.feed = None
 
     def set_input(self, pixels: np.ndarray) -> None:
-        dtype = np.uint8 if "uint8" in self.input.type else np.float32
-        self.feed = {self.input.name: pixels.astype(dtype)}
+        pixels = normalise(pixels, self.normalisation)
+        if self.channels_first:
+            pixels = pixels.transpose(0, 3, 1, 2)
+        dtype = ONNX_DTYPES.get(self.input.type, np.float32)
+        if np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            pixels = np.clip(np.round(pixels), info.min, info.max)
+        self.feed = {self.input.name: np.ascontiguousarray(pixels.astype(dtype))}
 
     def invoke(self):
         return self.session.run(None, self.feed)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         self.set_input(pixels)
-        return np.asarray(self.invoke()[0], np.float32)
+        out = np.asarray(self.invoke()[self.output_index], np.float32)
+        if self.channels_first and out.ndim == 4:
+            out = out.transpose(0, 2, 3, 1)
+        return out
 
 
-def open_runner(path: Path, threads: int = 2):
+def open_runner(path: Path, threads: int = 2, **options):
+    """A runner for the file by its suffix; `options`: output, normalisation (see the module doc)."""
     path = Path(path)
     if path.suffix == ".tflite":
-        return LiteRTRunner(path, threads)
+        return LiteRTRunner(path, threads, **options)
     if path.suffix == ".onnx":
-        return OnnxRunner(path, threads)
+        return OnnxRunner(path, threads, **options)
     raise ValueError(f"no runtime for {path.name}")
