@@ -54,6 +54,10 @@ def main(work: str) -> None:
         return {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name,
                 "shape": [int(n) for n in detail["shape"]]}
 
+    if job.get("maps"):  # the guest's address space, for a profile's block addresses (exporter.arm.profile)
+        with open("/proc/self/maps") as f, open(os.path.join(work, "maps.txt"), "w") as out:
+            out.write(f.read())
+
     result = {"brackets": brackets, "inputs": [describe(d) for d in inputs],
               "outputs": [describe(d) for d in outputs]}
     with open(os.path.join(work, "result.json"), "w") as f:

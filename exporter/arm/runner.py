@@ -85,50 +85,10 @@ def arm_cost(path: str | os.PathLike, inputs: Sequence, core: str = "cortex-a76"
     path = Path(path)
     if not path.is_file():
         raise ExporterError(f"no such model file: {path}")
-    env = arm_env.load()
-
-    with tempfile.TemporaryDirectory(prefix="segexport-arm-") as tmp:
-        work = Path(tmp)
-        # Fixed names inside the work folder: the guest sees the same job whatever the caller's paths.
-        shutil.copyfile(path, work / "model.tflite")
-        (work / "in").mkdir()
-        names = []
-        for i, sample in enumerate(samples):
-            names.append([])
-            for k, array in enumerate(sample):
-                name = f"in/{i}_{k}.npy"
-                np.save(work / name, np.ascontiguousarray(array))
-                names[-1].append(name)
-        job = {"model": "model.tflite", "inputs": names, "invokes": invokes, "warmup": warmup}
-        (work / "job.json").write_text(json.dumps(job, sort_keys=True))
-        counts_file = work / "counts.txt"
-        command = ["setarch", "x86_64", "-R", str(env.qemu), "-L", str(env.sysroot(core)), "-cpu", env.cpus[core],
-                   "-plugin", f"{env.plugin},out={counts_file}", str(env.python), "-s", "-B", str(GUEST), "."]
-        guest_env = {"PYTHONHASHSEED": "0", "PYTHONPATH": str(env.site), "PYTHONDONTWRITEBYTECODE": "1",
-                     "PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": str(work)}
-        start = time.monotonic()
-        try:
-            run = subprocess.run(command, cwd=work, env=guest_env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ExporterError(f"ARM emulation of {path.name} on {core} ran past {timeout:.0f} s") from None
-        except OSError as error:
-            raise ExporterError(f"ARM emulation could not start: {error}") from None
-        wall = time.monotonic() - start
-        if run.returncode != 0:
-            lines = [line for line in run.stderr.splitlines() if line.strip()]
-            last = lines[-1].strip() if lines else f"exit status {run.returncode}, no output"
-            raise ExporterError(f"ARM emulation of {path.name} on {core} failed: {last}")
-        try:
-            result = json.loads((work / "result.json").read_text())
-            snapshots = _snapshots(counts_file)
-        except (OSError, ValueError) as error:
-            raise ExporterError(f"ARM emulation of {path.name} on {core} gave no counts: {error}") from None
-        brackets = result["brackets"]
-        if len(snapshots) != 2 * len(brackets):
-            raise ExporterError(f"ARM emulation of {path.name}: {len(snapshots)} markers for {len(brackets)} "
-                                "invokes (does something else in the guest call getppid?)")
-        all_outputs = [[np.load(work / "outputs" / f"{i}_{k}.npy") for k in range(len(result["outputs"]))]
-                       for i in range(len(samples))]
+    emulated = _emulate(path, samples, core, invokes, warmup, timeout)
+    brackets, snapshots, all_outputs, wall = (emulated["brackets"], emulated["snapshots"], emulated["outputs"],
+                                              emulated["wall_s"])
+    env = emulated["env"]
 
     deltas = [[b - a for a, b in zip(snapshots[2 * j], snapshots[2 * j + 1])] for j in range(len(brackets))]
     invoked = [(kind_sample[1], d) for kind_sample, d in zip(brackets, deltas) if kind_sample[0] == "invoke"]
@@ -149,6 +109,61 @@ def arm_cost(path: str | os.PathLike, inputs: Sequence, core: str = "cortex-a76"
                    widening_mla_instructions=worst[4], per_sample=[d[0] for d in best],
                    warmup_instructions=warmup_count, spread=spread, all_outputs=all_outputs,
                    litert_version=env.litert_version, wall_s=wall)
+
+
+def _emulate(path: Path, samples: list, core: str, invokes: int, warmup: int, timeout: float,
+             plugin_args: Sequence[str] = (), job_extra: dict | None = None, keep: Sequence[str] = ()) -> dict:
+    """Run the guest on `path` once: brackets, counter snapshots, raw outputs, wall time, and the
+    text of the work-folder files named in `keep` (written by the plugin or the guest)."""
+    env = arm_env.load()
+
+    with tempfile.TemporaryDirectory(prefix="segexport-arm-") as tmp:
+        work = Path(tmp)
+        # Fixed names inside the work folder: the guest sees the same job whatever the caller's paths.
+        shutil.copyfile(path, work / "model.tflite")
+        (work / "in").mkdir()
+        names = []
+        for i, sample in enumerate(samples):
+            names.append([])
+            for k, array in enumerate(sample):
+                name = f"in/{i}_{k}.npy"
+                np.save(work / name, np.ascontiguousarray(array))
+                names[-1].append(name)
+        job = {"model": "model.tflite", "inputs": names, "invokes": invokes, "warmup": warmup, **(job_extra or {})}
+        (work / "job.json").write_text(json.dumps(job, sort_keys=True))
+        counts_file = work / "counts.txt"
+        plugin = ",".join([f"{env.plugin}", f"out={counts_file}",
+                           *(arg.replace("{work}", str(work)) for arg in plugin_args)])
+        command = ["setarch", "x86_64", "-R", str(env.qemu), "-L", str(env.sysroot(core)), "-cpu", env.cpus[core],
+                   "-plugin", plugin, str(env.python), "-s", "-B", str(GUEST), "."]
+        guest_env = {"PYTHONHASHSEED": "0", "PYTHONPATH": str(env.site), "PYTHONDONTWRITEBYTECODE": "1",
+                     "PATH": "/usr/bin:/bin", "LC_ALL": "C", "HOME": str(work)}
+        start = time.monotonic()
+        try:
+            run = subprocess.run(command, cwd=work, env=guest_env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ExporterError(f"ARM emulation of {path.name} on {core} ran past {timeout:.0f} s") from None
+        except OSError as error:
+            raise ExporterError(f"ARM emulation could not start: {error}") from None
+        wall = time.monotonic() - start
+        if run.returncode != 0:
+            lines = [line for line in run.stderr.splitlines() if line.strip()]
+            last = lines[-1].strip() if lines else f"exit status {run.returncode}, no output"
+            raise ExporterError(f"ARM emulation of {path.name} on {core} failed: {last}")
+        try:
+            result = json.loads((work / "result.json").read_text())
+            snapshots = _snapshots(counts_file)
+            kept = {name: (work / name).read_text() for name in keep}
+        except (OSError, ValueError) as error:
+            raise ExporterError(f"ARM emulation of {path.name} on {core} gave no counts: {error}") from None
+        brackets = result["brackets"]
+        if len(snapshots) != 2 * len(brackets):
+            raise ExporterError(f"ARM emulation of {path.name}: {len(snapshots)} markers for {len(brackets)} "
+                                "invokes (does something else in the guest call getppid?)")
+        all_outputs = [[np.load(work / "outputs" / f"{i}_{k}.npy") for k in range(len(result["outputs"]))]
+                       for i in range(len(samples))]
+    return {"env": env, "brackets": brackets, "snapshots": snapshots, "outputs": all_outputs, "wall_s": wall,
+            "result": result, "files": kept}
 
 
 def _snapshots(counts_file: Path) -> list[list[int]]:
