@@ -81,3 +81,45 @@ class SubpixelConv2DTranspose(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "use_bias": self.use_bias,
                 "activation": keras.activations.serialize(self.activation)}
+
+
+@keras.utils.register_keras_serializable(package="segexport")
+class PhaseConv2DTranspose(SubpixelConv2DTranspose):
+    """The sub-pixel form without the zero taps: one CONV_2D per output phase over only the
+    input offsets that phase reads (for kernel 3, stride 2: 1x1, 1x2, 2x1 and 2x2 convs, 9 taps
+    in all, the transposed conv's own weights), each on its input padded as it needs, then
+    CONCATENATION and DEPTH_TO_SPACE. The dense `SubpixelConv2DTranspose` multiplies 16 taps
+    (7 of them zero) and stores them: 1.8x the decoder's weights in the file. Same weights and
+    function as Conv2DTranspose(padding="same")."""
+
+    def call(self, x):
+        s, f = self.strides, self.filters
+        taps, _lo, _hi = _phase_taps(self.kernel_size, s)
+        outputs = []
+        for ry in range(s):
+            for rx in range(s):
+                ys = sorted({d for _, d in taps[ry]})
+                xs = sorted({d for _, d in taps[rx]})
+                # kernel[dy - ys[0], dx - xs[0], in, f] = transposed kernel at its tap (ky, kx).
+                rows = []
+                for dy in range(ys[0], ys[-1] + 1):
+                    cols = []
+                    for dx in range(xs[0], xs[-1] + 1):
+                        hit = [(ky, kx) for ky, d1 in taps[ry] if d1 == dy for kx, d2 in taps[rx] if d2 == dx]
+                        if hit:
+                            ky, kx = hit[0]
+                            cols.append(tf.transpose(self.kernel[ky, kx]))
+                        else:
+                            cols.append(tf.zeros((self.kernel.shape[-1], f), self.kernel.dtype))
+                    rows.append(tf.stack(cols))
+                kernel = tf.stack(rows)
+                # Output (i, j) reads input (i + dy, j + dx) for dy in ys, dx in xs.
+                pad = [[0, 0], [max(-ys[0], 0), max(ys[-1], 0)], [max(-xs[0], 0), max(xs[-1], 0)], [0, 0]]
+                xp = tf.pad(x, pad) if any(p for row in pad for p in row) else x
+                y = tf.nn.conv2d(xp, kernel, strides=1, padding="VALID")
+                # The bias per phase: the converter fuses it into each CONV_2D (after the
+                # CONCATENATION it would stay an ADD over the full-size output).
+                # The activation too (element-wise, so it commutes with the interleaving): fused
+                # into the CONV_2D, where int8 RELU after DEPTH_TO_SPACE ran outside XNNPACK.
+                outputs.append(self.activation(y if self.bias is None else tf.nn.bias_add(y, self.bias)))
+        return tf.nn.depth_to_space(tf.concat(outputs, axis=-1), s)

@@ -41,23 +41,52 @@ def build_unet(config):
     skips = [encoder.get_layer(name).output for name in SKIP_LAYERS]
     # Same weights either way; "subpixel" computes each transposed conv as CONV_2D +
     # DEPTH_TO_SPACE (architectures/subpixel.py), the faster form in int8 and on GPU delegates.
-    if opts["deconv"] == "subpixel":
-        from architectures.subpixel import SubpixelConv2DTranspose as Deconv
+    if opts["deconv"] in ("subpixel", "phases"):
+        from architectures.subpixel import PhaseConv2DTranspose, SubpixelConv2DTranspose
 
-        def deconv(filters, name, use_bias):
-            return Deconv(filters, 3, 2, use_bias=use_bias, name=name)
+        Deconv = PhaseConv2DTranspose if opts["deconv"] == "phases" else SubpixelConv2DTranspose
+
+        def deconv(filters, name, use_bias, activation=None):
+            return Deconv(filters, 3, 2, use_bias=use_bias, activation=activation, name=name)
     else:
-        def deconv(filters, name, use_bias):
-            return keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=use_bias, name=name)
+        def deconv(filters, name, use_bias, activation=None):
+            return keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=use_bias,
+                                                activation=activation, name=name)
 
     x = skips[-1]
+    fold = bool(opts.get("fold_decoder_bn"))
     for i, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
-        x = deconv(filters, f"up{i}_deconv", use_bias=False)(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
-        x = keras.layers.ReLU(name=f"up{i}_relu")(x)
+        # fold_decoder_bn (export only, `fold_decoder_bn_weights`): the BN's scale and shift live
+        # in the deconv's kernel and bias, as the converter folds BNs after CONV_2D itself; after
+        # the phase convs' DEPTH_TO_SPACE it cannot, and the BN would stay MUL + ADD at full size.
+        # With it the ReLU goes into the deconv too (per phase: fused into each CONV_2D; after
+        # DEPTH_TO_SPACE an int8 RELU ran on TFLite's reference kernel, 39 M instructions).
+        x = deconv(filters, f"up{i}_deconv", use_bias=fold, activation="relu" if fold else None)(x)
+        if not fold:
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
+            x = keras.layers.ReLU(name=f"up{i}_relu")(x)
         x = keras.layers.Concatenate(name=f"up{i}_concat")([x, skip])
     scores = deconv(config.num_classes, "logits", use_bias=True)(x)
     return keras.Model(inputs, scores, name="unet")
+
+
+def fold_decoder_bn_weights(model, fixed) -> None:
+    """Trained weights into the export graph built with fold_decoder_bn: every layer's weights as
+    they are, except each decoder deconv takes its BN (inference statistics) as kernel and bias."""
+    import numpy as np
+
+    for layer in fixed.layers:
+        if not layer.weights:
+            continue
+        source = model.get_layer(layer.name)
+        if layer.name.startswith("up") and layer.name.endswith("_deconv"):
+            bn = model.get_layer(layer.name[: -len("_deconv")] + "_bn")
+            gamma, beta, mean, var = bn.get_weights()
+            scale = gamma / np.sqrt(var + bn.epsilon)
+            (kernel,) = source.get_weights()  # [k, k, filters, in]
+            layer.set_weights([kernel * scale[None, None, :, None], beta - mean * scale])
+        else:
+            layer.set_weights(source.get_weights())
 
 
 register(
@@ -72,6 +101,12 @@ register(
         min_input=32,
         input_multiple=32,
         options={"alpha": 1.0, "freeze_encoder": False, "encoder_weights": None, "deconv": "transpose"},
+        # Exported with each transposed conv as per-phase convolutions (same weights and function,
+        # architectures/subpixel.py): XNNPACK's int8 TRANSPOSE_CONV runs a one-row GEMM kernel, 2/3
+        # of the int8 file's instructions on an emulated Cortex-A76 (256x256: 192.4 M -> 144.3 M),
+        # and the float32 file's 495.9 M -> 387.3 M; the decoder BNs folded into them.
+        export_options={"deconv": "phases", "fold_decoder_bn": True},
+        export_weights=fold_decoder_bn_weights,
         learning_rate=1e-3,
     )
 )

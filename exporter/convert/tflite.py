@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from exporter.convert.edges import quantize_before_resize
 from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile, clip_calibrated_ranges
 from exporter.convert.signature import concrete_function
 from exporter.errors import ConversionError
@@ -118,7 +119,7 @@ def to_tflite(model, config, precision: str, calibration_images: np.ndarray | No
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
     if precision == "int8" and io == "uint8":
-        blob = _pixels_in_as_bytes(blob)
+        blob = quantize_before_resize(_pixels_in_as_bytes(blob))
     return blob
 
 

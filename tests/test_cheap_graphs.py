@@ -1,0 +1,88 @@
+"""Exported-graph rewrites that compute the same function with fewer ARM instructions:
+the uint8 output QUANTIZE moved in front of a final resize (exporter/convert/edges.py) and the
+transposed convolution as per-phase convolutions (architectures/subpixel.py)."""
+
+import numpy as np
+import pytest
+
+from exporter.convert.tflite import op_histogram
+
+
+def _run(blob, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=blob)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return interp.get_tensor(out["index"]).copy(), out
+
+
+def _ops_in_order(blob):
+    from exporter.convert.tflite import _ops
+
+    return [op["op_name"] for op in _ops(blob)]
+
+
+def test_quantize_moves_before_the_final_resize_with_identical_bytes():
+    from exporter.convert.edges import quantize_before_resize
+    from exporter.convert.tflite import _int8_with_ranges, _pixels_in_as_bytes, calibrated_converter
+    from exporter.keras import keras, tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3), batch_size=1)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(5, 1)(x)
+    model = keras.Model(inputs, keras.layers.UpSampling2D(2, interpolation="bilinear")(x))
+
+    class Config:
+        name, input_size = "tiny", (16, 16)
+
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    converter = calibrated_converter(model, Config, calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    plain = _pixels_in_as_bytes(_int8_with_ranges(converter, calib, 99.999, "uint8"))
+    moved = quantize_before_resize(plain)
+    assert _ops_in_order(plain)[-2:] == ["RESIZE_BILINEAR", "QUANTIZE"]
+    assert _ops_in_order(moved)[-2:] == ["QUANTIZE", "RESIZE_BILINEAR"]
+    assert op_histogram(moved) == op_histogram(plain)
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
+        a, out_a = _run(plain, pixels)
+        b, out_b = _run(moved, pixels)
+        assert out_b["dtype"] == np.uint8 and out_b["quantization"] == out_a["quantization"]
+        assert np.array_equal(a, b)
+    assert quantize_before_resize(moved) == moved  # nothing left to move
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (4, 2), (2, 2), (3, 3)])
+def test_phase_deconvolution_equals_conv2d_transpose(kernel, stride):
+    from architectures.subpixel import PhaseConv2DTranspose
+    from exporter.keras import keras
+
+    keras.utils.set_random_seed(1)
+    x = np.random.default_rng(0).normal(size=(1, 7, 9, 5)).astype(np.float32)
+    ref = keras.layers.Conv2DTranspose(6, kernel, strides=stride, padding="same", bias_initializer="glorot_uniform")
+    expected = ref(x).numpy()
+    phases = PhaseConv2DTranspose(6, kernel, stride)
+    phases.build(x.shape)
+    phases.set_weights(ref.get_weights())
+    np.testing.assert_allclose(phases(x).numpy(), expected, atol=1e-5)
+
+
+def test_unet_exports_the_transposed_convs_as_phase_convolutions():
+    """Same weights as the training graph, no TRANSPOSE_CONV (XNNPACK's int8 deconvolution runs
+    a one-row GEMM kernel: 2/3 of the int8 UNet's ARM instructions), no zero taps stored."""
+    from architectures import build, resolve_config
+    from exporter.convert.signature import export_model
+    from exporter.convert.tflite import to_tflite
+
+    config = resolve_config("unet", input_size=(64, 64))
+    model = build(config)
+    fixed = export_model(model, config)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(fixed(x).numpy(), model(x, training=False).numpy(), atol=1e-3)
+    ops = op_histogram(to_tflite(fixed, config, "float32"))
+    assert "TRANSPOSE_CONV" not in ops and ops.get("DEPTH_TO_SPACE") == 4
