@@ -195,7 +195,7 @@ class QuantDebugSession:
 
     def quantize(self, keep_float=(), io: str = "uint8") -> Selective:
         """The calibrated model quantised to int8 except the `keep_float` layers/tensors."""
-        from exporter.convert.tflite import IO_TYPES, _pixels_in_as_bytes, float_ops
+        from exporter.convert.tflite import IO_TYPES, float_ops, uint8_edges
         from exporter.keras import tf
         from tensorflow.lite.python import convert
 
@@ -215,7 +215,7 @@ class QuantDebugSession:
             raise ConversionError(f"selective int8 quantisation of {self.config.name} failed: "
                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from exc
         if io == "uint8":
-            blob = _pixels_in_as_bytes(blob)
+            blob = uint8_edges(blob)
         floats = float_ops(blob)
         return Selective(blob, list(keep_float), nodes, floats, full_integer=not floats,
                          not_honoured=_still_quantised(blob, nodes))

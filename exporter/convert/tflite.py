@@ -119,8 +119,14 @@ def to_tflite(model, config, precision: str, calibration_images: np.ndarray | No
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
     if precision == "int8" and io == "uint8":
-        blob = quantize_before_resize(_pixels_in_as_bytes(blob))
+        blob = uint8_edges(blob)
     return blob
+
+
+def uint8_edges(blob: bytes) -> bytes:
+    """The uint8 pixel and score edges of a full-integer file, made cheap (every uint8 int8 file goes
+    through here: post-training, QAT and --keep-float's selective ones)."""
+    return quantize_before_resize(_pixels_in_as_bytes(blob))
 
 
 def _int8_with_ranges(converter, calibration_images, percentile: float, io: str) -> bytes:
