@@ -147,6 +147,11 @@ def convert(
     onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write a float32 ONNX file.")] = True,
     bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure latency.")] = True,
     threads: Annotated[str, typer.Option(help="Thread counts to benchmark, comma-separated.")] = "1,2",
+    arm: Annotated[Optional[str], typer.Option(
+        "--arm", help="ARM cores to emulate each TFLite file on (instructions per inference, agreement with the "
+                      "host; needs `make arm-env`), comma-separated, or 'none' (default: cortex-a76,cortex-a55; "
+                      "none with --no-bench).", show_default=False)] = None,
+    no_arm: Annotated[bool, typer.Option("--no-arm", help="Skip the ARM emulation (same as --arm none).")] = False,
     epochs: EpochsOpt = 6,
     batch_size: BatchOpt = 16,
     lr: LrOpt = None,
@@ -173,28 +178,33 @@ def convert(
     seed: SeedOpt = 0,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
+    from exporter.arm.cost_stage import DEFAULT_CORES, parse_cores
     from exporter.errors import ParityError
     from exporter.pipeline import ConvertOptions, convert as run_convert
-    from exporter.report import summary_table
+    from exporter.report import recommended_lines, summary_table, verdict
     from exporter.train import Schedule
 
     try:
         thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
     except ValueError:
         raise ExporterError(f"--threads {threads!r}: expected comma-separated integers such as 1,2") from None
+    arm_cores = () if no_arm else parse_cores(arm) if arm is not None else DEFAULT_CORES if bench else ()
     report = run_convert(ConvertOptions(
         model=model, onnx=onnx,
         precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
                                           ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value, per_tensor=per_tensor,
         calibration_samples=calibration_samples, range_percentile=range_percentile, input_size=input_size, classes=classes,
         threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed),
-        train_samples=train_samples, val_samples=val_samples, bench=bench, gpu=gpu, command=_command_line(),
+        train_samples=train_samples, val_samples=val_samples, bench=bench, arm=arm_cores, gpu=gpu,
+        command=_command_line(),
         qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
     ))
     typer.echo(summary_table(report))
     for check in report["checks"]:
-        typer.echo(f"{'pass' if check['passed'] else 'FAIL'}  {check['name']}: {check['detail']}")
+        typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")
+    for line in filter(None, recommended_lines(report)):
+        typer.echo(line.replace("**", "").removeprefix("- "))
     typer.echo(f"report: {out / report['model'] / 'report.md'}")
     failed = [c for c in report["checks"] if not c["passed"] and c["kind"] == "accuracy"]
     if strict and failed:

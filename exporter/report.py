@@ -40,8 +40,66 @@ def summary_table(report: dict) -> str:
     return "\n".join(rows)
 
 
+def verdict(check: dict) -> str:
+    """pass / FAIL / not evaluated / info: how a check reads in the report and on the console."""
+    if check["kind"] == "info":
+        return "info"
+    if check["passed"] is None:
+        return "not evaluated"
+    return "pass" if check["passed"] else "FAIL"
+
+
+def recommended_lines(report: dict) -> list[str]:
+    """The report's first lines: the files to ship, why, and whether ARM was measured."""
+    lines = []
+    rec = report.get("recommended")
+    if rec and rec.get("cpu"):
+        lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU `{rec['gpu']}`.", "",
+                  f"- CPU: {rec['cpu_basis']}.", f"- GPU: {rec['gpu_basis']}."]
+    if report.get("arm_status"):
+        lines += [f"- ARM: not measured ({report['arm_status']})."]
+    return lines
+
+
+def arm_table(report: dict) -> list[str]:
+    """File x core: instructions per inference, dot-product instructions, ratio to float32, agreement with host."""
+    run = report.get("arm_run")
+    arts = [a for a in report["artifacts"] if a.get("arm")]
+    if not run or not arts:
+        return []
+    samples = run["samples"]
+    lines = ["## ARM cost (emulated)", "",
+             "| file | core | instructions (M) | dot instr. (M) | FMA instr. (M) | ratio to float32 | "
+             "agreement with host |", "|---|---|---|---|---|---|---|"]
+    for a in arts:
+        for core, e in a["arm"].items():
+            if "error" in e:
+                lines.append(f"| {a['file']} | {core} | – | – | – | – | failed: {e['error']} |")
+                continue
+            ratio = f"{e['ratio_to_float32']:.2f}×" if e.get("ratio_to_float32") else "–"
+            lines.append(f"| {a['file']} | {core} | {e['instructions'] / 1e6:.2f} | {e['dot_instructions'] / 1e6:.3f} | "
+                         f"{e['fma_instructions'] / 1e6:.3f} | {ratio} | {100 * e['agreement_with_host']:.3f}% "
+                         f"({e['samples']} sample{'s' if e['samples'] > 1 else ''}) |")
+    cores = ", ".join(f"{core} (QEMU -cpu {c['qemu_cpu']}, {c['cpuinfo']} /proc/cpuinfo)"
+                      for core, c in run["cores"].items())
+    lines += ["", f"Guest instructions per inference (steady state, after {samples['warmup_invokes']} warm-up invoke) "
+              f"of LiteRT {run['litert_version']}'s aarch64 kernels (default XNNPACK delegate, {run['threads']} "
+              f"thread) under QEMU user-mode emulation: {cores}. Instruction counts are a relative cost (the "
+              "files against each other on the same core), not cycles: per-instruction throughput and memory "
+              "traffic are not modelled, and the Cortex-A55's kernels are in-order, so instructions there are not "
+              "time. QEMU 7.2 has no Cortex-A55 model: that column runs `-cpu cortex-a76` with the A55's "
+              "/proc/cpuinfo, which is what picks XNNPACK's kernels. Dot instr.: SDOT/UDOT (16 int8 multiply-adds "
+              "each); FMA: FMLA (4 float multiply-adds each in the .4s form). Agreement with host: pixels whose "
+              "argmax on the ARM kernels equals the host LiteRT's on the same file and held-out samples "
+              f"({samples['float']} for float files, {samples['quantised']} for the others); "
+              f"{run['seconds']:.0f} s of emulation, {run['parallel']} at a time.", ""]
+    return lines
+
+
 def to_markdown(report: dict, figure: str | None) -> str:
     lines = [f"# {report['model']}: export report", ""]
+    first = recommended_lines(report)
+    lines += first + [""] if first else []
     lines += [f"Command: `{report['command']}`", ""] if report.get("command") else []
     lines += [
         f"- input: {report['input_shape']} RGB 0..255 ({report['normalisation']} inside the graph)",
@@ -54,13 +112,15 @@ def to_markdown(report: dict, figure: str | None) -> str:
         summary_table(report),
         "",
         f"Latency: median of {report['benchmark']['runs_per_variant']} runs per variant and thread count, "
-        "variants alternated in blocks in one run. Agreement: pixels whose argmax equals the float Keras "
+        "variants alternated in blocks in one run, on this machine's CPU (information: the speed check uses "
+        "the ARM instruction counts). Agreement: pixels whose argmax equals the float Keras "
         "model's. mIoU against the ground truth of the held-out samples.",
         "",
     ]
     if report.get("checks"):
-        lines += ["## Checks", ""] + [f"- {c['name']}: **{'pass' if c['passed'] else 'FAIL'}** ({c['detail']})"
+        lines += ["## Checks", ""] + [f"- {c['name']}: **{verdict(c)}** ({c['detail']})"
                                       for c in report["checks"]] + [""]
+    lines += arm_table(report)
     lines += ["## Per-class IoU", "", _per_class_table(report), ""]
     if report.get("quantisation"):
         lines += _quantisation_sections(report)

@@ -17,6 +17,27 @@ from pathlib import Path
 import numpy as np
 
 
+def input_tensor(pixels: np.ndarray, detail: dict) -> np.ndarray:
+    """uint8 RGB pixels as the raw tensor a LiteRT input wants (`detail`: one entry of
+    get_input_details()): quantised with the file's own scale and zero point for integer inputs."""
+    dtype = detail["dtype"]
+    scale, zero = detail["quantization"]
+    if np.issubdtype(dtype, np.integer):
+        if scale == 1.0 and zero == 0 and dtype == np.uint8:
+            return pixels.astype(np.uint8)
+        info = np.iinfo(dtype)
+        return np.clip(np.round(pixels / scale + zero), info.min, info.max).astype(dtype)
+    return pixels.astype(dtype)
+
+
+def output_scores(raw: np.ndarray, detail: dict) -> np.ndarray:
+    """A raw LiteRT output tensor as float scores, dequantised with the file's own parameters."""
+    scale, zero = detail["quantization"]
+    if np.issubdtype(raw.dtype, np.integer):
+        return (raw.astype(np.float32) - zero) * scale
+    return raw.astype(np.float32)
+
+
 def normalise(pixels: np.ndarray, normalisation) -> np.ndarray:
     """(pixels - mean) / std as float32 (mean and std: one value or one per channel); None: as they are."""
     if normalisation is None:
@@ -74,27 +95,13 @@ class LiteRTRunner:
 
     def set_input(self, pixels: np.ndarray) -> None:
         pixels = normalise(pixels, self.normalisation)
-        dtype = self.input["dtype"]
-        scale, zero = self.input["quantization"]
-        if np.issubdtype(dtype, np.integer):
-            if scale == 1.0 and zero == 0 and dtype == np.uint8:
-                value = pixels.astype(np.uint8)
-            else:
-                info = np.iinfo(dtype)
-                value = np.clip(np.round(pixels / scale + zero), info.min, info.max).astype(dtype)
-        else:
-            value = pixels.astype(dtype)
-        self.interpreter.set_tensor(self.input["index"], value)
+        self.interpreter.set_tensor(self.input["index"], input_tensor(pixels, self.input))
 
     def invoke(self) -> None:
         self.interpreter.invoke()
 
     def get_output(self) -> np.ndarray:
-        out = self.interpreter.get_tensor(self.output["index"])
-        scale, zero = self.output["quantization"]
-        if np.issubdtype(out.dtype, np.integer):
-            return (out.astype(np.float32) - zero) * scale
-        return out.astype(np.float32)
+        return output_scores(self.interpreter.get_tensor(self.output["index"]), self.output)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         self.set_input(pixels)

@@ -153,3 +153,26 @@ def test_missing_environment_is_one_line(tmp_path, monkeypatch):
         arm_cost(model, [np.zeros((1, SIZE, SIZE, 3), np.int8)], "cortex-a76")
     with pytest.raises(ExporterError, match="unknown ARM core"):
         arm_cost(model, [np.zeros((1, SIZE, SIZE, 3), np.int8)], "cortex-a53")
+
+
+def test_convert_stage_without_the_environment_says_why_and_measures_nothing(tmp_path, monkeypatch):
+    from exporter.arm.cost_stage import measure_arm
+    from exporter.report import recommended_lines
+
+    monkeypatch.setenv("SEGEXPORT_ARM_CACHE", str(tmp_path / "empty"))
+    artifacts = [{"file": "m_float32.tflite", "format": "tflite", "precision": "float32", "bytes": 1}]
+    summary = measure_arm(artifacts, tmp_path, None, arm_env.CORES)
+    assert set(summary) == {"arm_status"} and "make arm-env" in summary["arm_status"]
+    assert "arm" not in artifacts[0]
+    assert recommended_lines(summary) == [f"- ARM: not measured ({summary['arm_status']})."]
+    assert measure_arm(artifacts, tmp_path, None, ()) == {"arm_status": "not requested (--arm none, --no-arm or --no-bench)"}
+
+
+def test_arm_option_parsing():
+    from exporter.arm.cost_stage import parse_cores
+
+    assert parse_cores("cortex-a76,cortex-a55") == ("cortex-a76", "cortex-a55")
+    assert parse_cores(" cortex-a55 ") == ("cortex-a55",)
+    assert parse_cores("none") == parse_cores("") == ()
+    with pytest.raises(ExporterError, match="--arm 'cortex-a53'"):
+        parse_cores("cortex-a76,cortex-a53")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from exporter.arm import env as arm_env
 from exporter.pipeline import ConvertOptions, convert
 from exporter.train import Schedule
 
@@ -55,10 +56,44 @@ def test_trained_model_is_meaningful_and_int8_keeps_parity(unet_run):
     assert onnx_int8["agreement"] >= 0.98 and onnx_int8["bytes"] < 0.4 * by_precision[("onnx", "float32")]["bytes"]
 
 
+def test_arm_cost_and_recommended_files(unet_run):
+    out, _, report = unet_run
+    md = (out / "unet" / "report.md").read_text()
+    tflite = [a for a in report["artifacts"] if a["format"] == "tflite"]
+    rec = report["recommended"]
+    assert rec["cpu"] in {a["file"] for a in tflite} and rec["gpu"] == "unet_float32.tflite"
+    assert "**Recommended:** CPU `" in "\n".join(md.splitlines()[:4])
+    (speed,) = [c for c in report["checks"] if c["kind"] == "speed"]
+    reason = arm_env.check()
+    if reason is not None:
+        assert report["arm_status"] == reason and f"ARM: not measured ({reason})" in md
+        assert speed["passed"] is None and reason in speed["detail"]
+        assert "ARM not measured" in rec["cpu_basis"]
+        pytest.skip(reason)
+    assert "arm_status" not in report and set(report["arm_run"]["cores"]) == set(arm_env.CORES)
+    for art in tflite:
+        assert set(art["arm"]) == set(arm_env.CORES), art["arm"]
+        for core, e in art["arm"].items():
+            print(f"\n{art['file']} on {core}: {e}")
+            assert {"instructions", "dot_instructions", "fma_instructions", "agreement_with_host", "ratio_to_float32",
+                    "samples"} <= set(e)
+            assert e["instructions"] > 0
+            if art["precision"] == "int8":
+                assert e["dot_instructions"] > 0 and e["ratio_to_float32"] > 1
+                assert e["agreement_with_host"] >= 0.999 and e["samples"] >= 3
+            else:
+                assert e["fma_instructions"] > 0 and e["ratio_to_float32"] == 1
+    assert speed["passed"] is not None and "cortex-a76" in speed["name"]
+    assert "cortex-a76" in rec["cpu_basis"]
+    assert "## ARM cost (emulated)" in md and "not cycles" in md and "in-order" in md
+    assert "| unet_int8.tflite | cortex-a55 |" in md
+
+
 def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
     out, opts, first = unet_run
     capfd.readouterr()
-    second = convert(ConvertOptions(**{**opts.__dict__, "precisions": ("float32",), "onnx": False, "bench": False}))
+    second = convert(ConvertOptions(**{**opts.__dict__, "precisions": ("float32",), "onnx": False, "bench": False,
+                                       "arm": ()}))
     assert "using the model trained in" in capfd.readouterr().err
     assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
 

@@ -1,10 +1,30 @@
-"""The report's int8 checks use each architecture's own targets (exporter.targets)."""
+"""The report's int8 checks use each architecture's own targets (exporter.targets); the recommended
+files follow exporter.recommend's rule."""
 
 import pytest
 
 from architectures import list_models
 from exporter.pipeline import checks
+from exporter.recommend import recommend
 from exporter.targets import Int8Targets, targets_for
+
+
+def arm(instructions, agreement=1.0, float32=None):
+    """One core's ARM entry as the convert stage writes it."""
+    return {"instructions": instructions, "dot_instructions": 0 if float32 is None else instructions // 40,
+            "fma_instructions": instructions // 5 if float32 is None else 0, "agreement_with_host": agreement,
+            "ratio_to_float32": (float32 or instructions) / instructions, "samples": 1 if float32 is None else 3}
+
+
+def with_arm(report, float32=300e6, int8=90e6, agreement=1.0):
+    """The report with ARM counts on both cores (the A55's a bit higher)."""
+    for art in report["artifacts"]:
+        mine = float32 if art["precision"] == "float32" else int8
+        art["arm"] = {core: arm(int(mine * k), agreement if art["precision"] != "float32" else 1.0,
+                                None if art["precision"] == "float32" else int(float32 * k))
+                      for core, k in (("cortex-a76", 1.0), ("cortex-a55", 1.3))}
+    report["arm_run"] = {"cores": {"cortex-a76": {}, "cortex-a55": {}}}
+    return report
 
 
 def report(model, int8_iou, method="ptq", agreement=0.9995, float_ms=10.0, int8_ms=4.0):
@@ -16,7 +36,7 @@ def report(model, int8_iou, method="ptq", agreement=0.9995, float_ms=10.0, int8_
     fp32 = {"file": f"{model}_float32.tflite", "format": "tflite", "precision": "float32", "method": "none",
             "latency_ms": {"2": {"median": float_ms}}}
     return {"model": model, "reference": {"per_class_iou": reference}, "benchmark": {"threads": [1, 2]},
-            "artifacts": [fp32, int8]}
+            "artifacts": [fp32, int8], "arm_status": "ARM emulation not available: test"}
 
 
 def by_name(results, text):
@@ -30,12 +50,62 @@ def test_every_architecture_has_its_issue_targets(model):
 
 
 def test_speed_and_accuracy_targets_follow_the_model():
-    unet = checks(report("unet", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=4.5), 1000)
-    deeplab = checks(report("deeplab", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=4.5), 1000)
-    assert not by_name(unet, "2.5× as fast")["passed"]  # 2.22x
-    assert by_name(deeplab, "2.0× as fast")["passed"]
+    same = {"background": 0.95, "person": 0.90}
+    unet = checks(with_arm(report("unet", same), float32=300e6, int8=110e6), 1000)  # 2.73x on the A76
+    deeplab = checks(with_arm(report("deeplab", same), float32=300e6, int8=110e6), 1000)
+    assert not by_name(unet, "3.0× instructions")["passed"] and "2.73×" in by_name(unet, "3.0× instructions")["detail"]
+    assert by_name(deeplab, "2.0× instructions")["passed"]
     assert by_name(unet, "99.8%")["passed"] and by_name(deeplab, "99.0%")["passed"]
     assert by_name(deeplab, "1.25× one byte")["passed"] and not by_name(unet, "1.2× one byte")["passed"]
+
+
+def test_host_latency_is_information_not_a_check():
+    results = checks(with_arm(report("unet", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=40.0)), 1000)
+    host = by_name(results, "host latency vs unet_float32.tflite")
+    assert host["kind"] == "info" and host["passed"] is None and "0.25×" in host["detail"]
+    assert by_name(results, "ARM cortex-a76")["passed"]  # 300 M / 90 M instructions: 3.33x
+
+
+def test_without_arm_the_speed_check_is_not_evaluated_and_says_why():
+    results = checks(report("unet", {"background": 0.95, "person": 0.90}), 1000)
+    speed = by_name(results, "ARM cortex-a76")
+    assert speed["kind"] == "speed" and speed["passed"] is None
+    assert "not evaluated" in speed["detail"] and "ARM emulation not available: test" in speed["detail"]
+    assert by_name(results, "ARM outputs agree")["passed"] is None
+
+
+def test_arm_agreement_with_the_host_is_reported_per_core():
+    results = checks(with_arm(report("unet", {"background": 0.95, "person": 0.90}), agreement=0.998), 1000)
+    found = by_name(results, "ARM outputs agree with the host's on >= 99.9%")
+    assert found["kind"] == "reported" and not found["passed"]
+    assert "cortex-a76 99.800%" in found["detail"] and "cortex-a55" in found["detail"]
+
+
+def test_recommended_cpu_file_is_the_cheapest_on_arm_that_meets_the_gate():
+    rep = with_arm(report("unet", {"background": 0.95, "person": 0.90}), float32=300e6, int8=90e6)
+    rep["artifacts"].append({**rep["artifacts"][1], "file": "unet_float16.tflite", "precision": "float16",
+                             "gpu": {"compatible": True}, "arm": {"cortex-a76": arm(int(299e6))}})
+    rec = recommend(rep, checks(rep, 1000))
+    assert rec["cpu"] == "unet_int8.tflite" and "cortex-a76" in rec["cpu_basis"]
+    assert rec["gpu"] == "unet_float16.tflite"
+    # int8 losing accuracy: the float32 file, however many instructions it costs; float16 has no gate.
+    bad = with_arm(report("unet", {"background": 0.95, "person": 0.80}), float32=300e6, int8=90e6)
+    rec = recommend(bad, checks(bad, 1000))
+    assert rec["cpu"] == "unet_float32.tflite" and rec["gpu"] == "unet_float32.tflite"
+    assert not by_name(checks(bad, 1000), "recommended CPU file (unet_float32.tflite)")["passed"]  # 1.00x
+    # ARM outputs that disagree with the host's: the host-measured accuracy does not hold there.
+    off = with_arm(report("unet", {"background": 0.95, "person": 0.90}), agreement=0.99)
+    assert recommend(off, checks(off, 1000))["cpu"] == "unet_float32.tflite"
+
+
+def test_recommended_cpu_file_falls_back_to_host_latency_and_says_so():
+    rep = report("unet", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=40.0)
+    rec = recommend(rep, checks(rep, 1000))
+    assert rec["cpu"] == "unet_float32.tflite"  # slower int8 on this x86 CPU
+    assert "ARM not measured (ARM emulation not available: test)" in rec["cpu_basis"]
+    assert "host latency" in rec["cpu_basis"]
+    rep = report("unet", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=4.0)
+    assert recommend(rep, checks(rep, 1000))["cpu"] == "unet_int8.tflite"
 
 
 def test_a_class_losing_more_than_the_target_fails_even_when_the_mean_holds():
