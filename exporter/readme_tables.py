@@ -7,7 +7,7 @@ Figures come from the reports, never typed by hand: tests/test_readme_tables.py 
 README's block differs from what this renders from the committed reports, so a `make bench` that
 changes a figure also asks for `--write README.md`. What a report does not hold (an older report
 has no `arm` figures and no `recommended` files) is shown as "–" and said under the table, never
-guessed. Standard library only: no TensorFlow import.
+guessed. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from exporter.policy import ARM_CORE  # numpy only, no TensorFlow
+
 BEGIN = "<!-- reports-table -->"
 END = "<!-- /reports-table -->"
-ARM_CORE = "cortex-a76"  # exporter.targets.ARM_CORE, repeated here to keep this module import-light
 ABSENT = "–"
 ROOT = Path(__file__).resolve().parents[1]
 
