@@ -1,0 +1,56 @@
+"""Post-training methods (exporter/ptq): the property each one relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.ptq_support import relative_close, small_cnn
+from tests.support import pixels, small_config
+
+
+def _copy(model):
+    from exporter.keras import keras
+
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def test_equalisation_keeps_float_outputs_and_evens_ranges():
+    from exporter.ptq.equalize import equalize, pair_precision, pairs
+    from exporter.ptq.graph import units
+
+    model = small_cnn()
+    x = np.random.default_rng(1).normal(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    before = model.predict(x, verbose=0)
+    edges = pairs(model)
+    assert {e.name for e in edges} == {"c1->dw", "dw->pw", "pw->head"}
+    precision = [pair_precision(e, units(model)) for e in edges]
+    recipe = equalize(model)
+    assert relative_close(before, model.predict(x, verbose=0)) < 1e-5
+    after = [pair_precision(e, units(model)) for e in edges]
+    # A chain trades one pair's precision for its neighbours': the sum is what CLE maximises.
+    assert sum(after) > 1.05 * sum(precision), (precision, after)
+    assert recipe["precision_after"] == pytest.approx(sum(after), abs=1e-2)
+    # The last pair of the chain ends equalised: W1's output ranges equal W2's input ranges.
+    from exporter.ptq.equalize import pair_ranges
+
+    r1, r2 = pair_ranges(edges[-1], units(model))
+    np.testing.assert_allclose(r1, r2, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["selfie", "deeplab"])
+def test_equalisation_exact_on_registry_model(name):
+    from exporter.convert.signature import export_model
+    from exporter.ptq.equalize import equalize
+    from architectures import build
+
+    config = small_config(name)
+    fixed = export_model(build(config), config)
+    x = pixels(config, 2)
+    before = fixed.predict(x, verbose=0)
+    recipe = equalize(fixed)
+    assert recipe["pairs"], f"{name} has no equalisable pair"
+    assert recipe["precision_after"] > recipe["precision_before"]
+    assert relative_close(before, fixed.predict(x, verbose=0)) < 1e-5
