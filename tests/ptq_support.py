@@ -40,3 +40,18 @@ def small_cnn(seed: int = 0):
 def relative_close(a: np.ndarray, b: np.ndarray, rtol: float = 1e-5) -> float:
     """max |a - b| relative to max |a| (float outputs of rescaled models differ by rounding only)."""
     return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-12))
+
+
+def weights_on_grid(model):
+    """A copy of `model` whose weight layers compute with their int8-grid kernels (float biases),
+    as the int8 file's weights do."""
+    from exporter.keras import keras
+    from exporter.ptq.grid import fake_quant
+    from exporter.ptq.graph import units
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for unit in units(copy).values():
+        if unit.can_set_bias():
+            unit.set_folded(fake_quant(unit.kernel()), unit.bias())
+    return copy

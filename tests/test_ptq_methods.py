@@ -54,3 +54,19 @@ def test_equalisation_exact_on_registry_model(name):
     assert recipe["pairs"], f"{name} has no equalisable pair"
     assert recipe["precision_after"] > recipe["precision_before"]
     assert relative_close(before, fixed.predict(x, verbose=0)) < 1e-5
+
+
+def test_bias_correction_removes_mean_output_shift():
+    from exporter.ptq.bias_correction import correct_biases
+    from tests.ptq_support import weights_on_grid
+
+    model = small_cnn(seed=2)
+    calib = np.random.default_rng(3).normal(0, 1, (8, 16, 16, 3)).astype(np.float32)
+    reference = model.predict(calib, verbose=0)
+    shift_before = np.abs((weights_on_grid(model).predict(calib, verbose=0) - reference).mean(axis=(0, 1, 2)))
+    recipe = correct_biases(model, calib)
+    assert recipe["layers"] == ["c1", "dw", "pw", "head"]
+    shift_after = np.abs((weights_on_grid(model).predict(calib, verbose=0) - reference).mean(axis=(0, 1, 2)))
+    scale = np.abs(reference).mean()
+    assert shift_before.max() > 1e-3 * scale  # rounding did shift the mean
+    assert shift_after.max() < 1e-5 * scale + 0.02 * shift_before.max(), (shift_before, shift_after)
