@@ -70,3 +70,47 @@ def test_bias_correction_removes_mean_output_shift():
     scale = np.abs(reference).mean()
     assert shift_before.max() > 1e-3 * scale  # rounding did shift the mean
     assert shift_after.max() < 1e-5 * scale + 0.02 * shift_before.max(), (shift_before, shift_after)
+
+
+def _int8_weights(blob: bytes) -> list[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=blob)
+    interp.allocate_tensors()
+    found = []
+    for t in interp.get_tensor_details():
+        if t["dtype"] == np.int8 and len(t["shape"]) in (2, 4):
+            try:
+                found.append(interp.get_tensor(t["index"]))
+            except ValueError:  # an activation tensor
+                pass
+    return found
+
+
+def test_adaround_weights_read_back_from_the_int8_file():
+    from types import SimpleNamespace
+
+    from exporter.convert.tflite import to_tflite
+    from exporter.ptq.adaround import adaround
+    from exporter.ptq.grid import channel_scales, nearest_codes
+    from exporter.ptq.graph import units
+
+    model = small_cnn(seed=4)
+    calib = np.random.default_rng(5).normal(0, 1, (8, 16, 16, 3)).astype(np.float32)
+    nearest = {u.name: nearest_codes(u.kernel()) for u in units(model).values()}
+    recipe = adaround(model, calib, iterations=200)
+    assert set(recipe["layers"]) == {"c1", "dw", "pw"}
+    layers = units(model)
+    blob = to_tflite(model, SimpleNamespace(name="small_cnn", input_size=(16, 16)), "int8", calib, io="int8")
+    in_file = _int8_weights(blob)
+    flipped = 0
+    for name, stats in recipe["layers"].items():
+        kernel = layers[name].kernel()
+        codes = nearest_codes(kernel)
+        # On the grid: every weight is code * scale of its channel.
+        np.testing.assert_allclose(kernel, codes * channel_scales(kernel), rtol=1e-6, atol=0)
+        flipped += int((codes != nearest[name]).sum())
+        assert stats["mse_adaround"] <= stats["mse_nearest"]
+        tflite = codes.transpose(3, 0, 1, 2) if codes.ndim == 4 else codes[None]
+        assert any(w.shape == tflite.shape and np.array_equal(w, tflite) for w in in_file), name
+    assert flipped > 0  # AdaRound chose other codes than nearest rounding somewhere
