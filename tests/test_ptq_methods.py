@@ -114,3 +114,25 @@ def test_adaround_weights_read_back_from_the_int8_file():
         tflite = codes.transpose(3, 0, 1, 2) if codes.ndim == 4 else codes[None]
         assert any(w.shape == tflite.shape and np.array_equal(w, tflite) for w in in_file), name
     assert flipped > 0  # AdaRound chose other codes than nearest rounding somewhere
+
+
+@pytest.mark.parametrize("name", ["segformer", "selfie"])
+def test_smoothquant_exact_in_float(name):
+    from architectures import build
+    from exporter.convert.signature import export_model
+    from exporter.ptq.smoothquant import smooth
+
+    config = small_config(name)
+    fixed = export_model(build(config), config)
+    rng = np.random.default_rng(6)
+    for layer in fixed.layers:  # outlier channels, as trained transformers have them
+        if layer.__class__.__name__ == "LayerNormalization":
+            gamma, beta = layer.get_weights()
+            layer.set_weights([gamma * 10 ** rng.uniform(-1, 1, gamma.shape), beta])
+    x = pixels(config, 2)
+    before = fixed.predict(x, verbose=0)
+    recipe = smooth(fixed, pixels(config, 2, seed=1))
+    smoothed = [e for e, v in recipe["edges"].items() if v["alpha"] is not None]
+    assert smoothed, recipe
+    assert all(v["error_after"] <= v["error_before"] for v in recipe["edges"].values())
+    assert relative_close(before, fixed.predict(x, verbose=0)) < 1e-5
