@@ -135,6 +135,11 @@ def train(
 
 
 _Q, _D, _B, _S = QuantSpec(), DataSpec(), BenchSpec(), Schedule()  # every default is declared in these specs
+PtqMethodOpt = Annotated[Optional[str], typer.Option(
+    "--ptq-method", help="Post-training methods applied to the float graph before int8, comma-separated: "
+                         "cle, smoothquant, adaround, bias_correction (or bias_correction_act), or 'auto' (each "
+                         "applicable one and none tried on training samples outside the calibration set). Their "
+                         "file is measured beside the plain one; the better ships as MODEL_int8.tflite. Implies int8.")]
 
 # convert's options, declared once here so the command reads as its parameters.
 PrecisionOpt = Annotated[Optional[str], typer.Option(
@@ -226,6 +231,7 @@ def convert(
     keep_float: KeepFloatOpt = None,
     max_miou_drop: MaxMiouDropOpt = None,
     keep_float_tries: KeepFloatTriesOpt = _Q.keep_float_tries,
+    ptq_method: PtqMethodOpt = None,
     layer_errors: LayerErrorsOpt = _Q.layer_errors,
     seed: SeedOpt = _S.seed,
 ) -> None:
@@ -246,7 +252,8 @@ def convert(
         quant=QuantSpec(io=io.value, per_tensor=per_tensor, calibration_samples=calibration_samples,
                         range_percentile=range_percentile, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
                         qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=max_miou_drop,
-                        keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0)),
+                        keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
+                        ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
         bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible, strict=strict),
     ))

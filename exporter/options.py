@@ -54,6 +54,10 @@ class QuantSpec:
     keep_float: str | None = None
     max_miou_drop: float | None = None  # the auto target, a fraction below float; None: the model's
     keep_float_tries: int = 4  # at most this many layers kept float by "auto"
+    # Post-training methods applied to the float graph before int8 conversion (exporter.ptq), or
+    # ("auto",): the best on a slice disjoint from the report's held-out samples. Their file is
+    # measured beside the plain one; the better ships as MODEL_int8.tflite.
+    ptq_methods: tuple[str, ...] = ()
     layer_errors: int = 10  # worst layers (QuantizationDebugger, held-out) in the report; 0: none
     debug_samples: int = 32  # held-out samples the debugger measures on
 
@@ -74,6 +78,12 @@ class QuantSpec:
                                 "weight ranges (drop one of --qat, --per-tensor)")
         if self.keep_float_layers == ["auto"] and self.keep_float_tries < 1:
             raise ExporterError(f"--keep-float-tries {self.keep_float_tries}: must be at least 1")
+        if "auto" in self.ptq_methods and len(self.ptq_methods) > 1:
+            raise ExporterError("--ptq-method auto chooses among the methods itself: name no others with it")
+        if self.ptq_methods and "auto" not in self.ptq_methods:
+            from exporter.ptq import check_methods
+
+            check_methods(self.ptq_methods)
         if self.max_miou_drop is not None and not 0 <= self.max_miou_drop < 0.1:
             # Fractions like every threshold: an old points value (0.1, 0.5) would mean 10 or 50 points.
             raise ExporterError(f"--max-miou-drop {self.max_miou_drop:g}: a fraction of mIoU from 0 to 0.1 "
@@ -81,7 +91,12 @@ class QuantSpec:
 
     @property
     def wants_int8(self) -> bool:
-        return self.qat or self.keep_float is not None
+        return self.qat or self.keep_float is not None or bool(self.ptq_methods)
+
+    @property
+    def int8_rivals(self) -> bool:
+        """Whether more than one full-integer file competes for MODEL_int8.tflite (exporter.stages.ship)."""
+        return self.qat or bool(self.ptq_methods)
 
     @property
     def keep_float_layers(self) -> list[str] | None:

@@ -21,14 +21,15 @@ from exporter.stages.run import Run, publish, staging_folder
 
 def convert(opts: ConvertOptions) -> dict:
     from exporter.report import write_report
-    from exporter.stages import assemble, export, layer_errors, qat, ship
+    from exporter.stages import assemble, export, layer_errors, ptq_methods, qat, ship
 
     started = time.time()
     with staging_folder(opts.out, opts.model) as staging:
         run = start(opts, staging)
         arts = export.tflite_files(run)
         qat_arts, quantisation = qat.qat_files(run)
-        arts += qat_arts + export.onnx_files(run)
+        method_arts, methods_section = ptq_methods.method_files(run)
+        arts += qat_arts + method_arts + export.onnx_files(run)
         if opts.gate.require_gpu_compatible:
             export.require_gpu_compatible(arts)
         ref = measure.reference(run)
@@ -38,7 +39,9 @@ def convert(opts: ConvertOptions) -> dict:
         arts, shipped = ship.choose_int8(run, arts, ref_iou)
         arts, bench = measure.latency(run, arts)
         arts, arm = measure.arm_cost(run, arts)
-        sections = {"quantisation": {**quantisation, **debug_sections}, "shipped_int8": shipped,
+        sections = {"quantisation": {**quantisation, **debug_sections,
+                                     **({"ptq_methods": methods_section} if methods_section else {})},
+                    "shipped_int8": shipped,
                     "benchmark": bench, "arm": arm}
         report = assemble.report(run, arts, ref, sections, started)
         write_report(report, staging)
@@ -61,4 +64,4 @@ def start(opts: ConvertOptions, staging: Path) -> Run:
     if missing:
         say(f"warning: classes absent from calibration samples: {', '.join(missing)}")
     return Run(opts=opts, spec=spec, config=config, splits=splits, model=model, fixed=fixed,
-               calib=splits.train.subset(calib_idx), missing_classes=missing, training=training, staging=staging)
+               calib=splits.train.subset(calib_idx), calib_idx=calib_idx, missing_classes=missing, training=training, staging=staging)

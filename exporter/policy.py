@@ -81,6 +81,12 @@ def meets_gate(model: str, reference_iou: dict, art: dict, method: str | None = 
             and (worst is None or worst[1] <= goal.max_class_iou_drop))
 
 
+def rival_label(art: dict) -> str:
+    """How a rival int8 file is named in the choice: its method, with its post-training methods."""
+    methods = art.get("ptq_methods")
+    return f"{art['method']}+{'+'.join(methods)}" if methods else art["method"]
+
+
 def better_int8(model: str, reference_iou: dict, candidates: list[dict]) -> tuple[dict, str]:
     """The int8 file to ship as MODEL_int8.tflite among measured ones (QAT and post-training), and why.
 
@@ -92,8 +98,8 @@ def better_int8(model: str, reference_iou: dict, candidates: list[dict]) -> tupl
     best = max(candidates, key=rank)
     others = [a for a in candidates if a is not best]
     passing = "meets" if rank(best)[0] else "fails too, but is closer to"
-    why = (f"{best['method']} {passing} the model's held-out gate; agreement {100 * best['agreement']:.3f}% vs "
-           + ", ".join(f"{o['method']} {100 * o['agreement']:.3f}%"
+    why = (f"{rival_label(best)} {passing} the model's held-out gate; agreement {100 * best['agreement']:.3f}% vs "
+           + ", ".join(f"{rival_label(o)} {100 * o['agreement']:.3f}%"
                        + ("" if meets_gate(model, reference_iou, o, "ptq") else " (fails the gate)") for o in others)
            + f"; mIoU {best['miou']:.4f} vs " + ", ".join(f"{o['miou']:.4f}" for o in others))
     return best, why

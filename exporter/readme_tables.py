@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from exporter.formats import artifact_name
 from exporter.policy import ARM_CORE  # numpy only, no TensorFlow
 
 BEGIN = "<!-- reports-table -->"
@@ -73,8 +74,8 @@ def _row(report: dict) -> list[str]:
     shape = report.get("input_shape") or []
     size = f"{shape[1]}×{shape[2]}" if len(shape) >= 3 else ABSENT
     heldout = (report.get("data") or {}).get("heldout_samples")
-    float32 = _file(report, f"{model}_float32.tflite") or {}
-    int8 = _file(report, f"{model}_int8.tflite")
+    float32 = _file(report, artifact_name(model, "float32")) or {}
+    int8 = _file(report, artifact_name(model, "int8"))
     ratio = ((int8 or {}).get("arm") or {}).get(ARM_CORE, {}).get("ratio_to_float32")
     recommended = (report.get("recommended") or {}).get("cpu")
     return [
@@ -104,7 +105,7 @@ def _notes(reports: list[dict]) -> list[str]:
             reason = r.get("arm_status") or ("no ARM stage in that run (the report predates it)"
                                              if "arm_run" not in r else "no count for any file")
             no_arm.setdefault(reason, []).append(r["model"])
-    no_int8 = [r["model"] for r in reports if _file(r, f"{r['model']}_int8.tflite") is None]
+    no_int8 = [r["model"] for r in reports if _file(r, artifact_name(r["model"], "int8")) is None]
     notes = []
     if no_rec:
         notes.append(f"- recommended CPU file: not in the report of {', '.join(no_rec)} (the report predates "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from exporter.artifacts import atomic_path, write_json
 from exporter.formats import recipe_name
+from exporter.policy import rival_label
 
 
 def _fmt(value, digits=4):
@@ -31,7 +32,7 @@ def summary_table(report: dict) -> str:
         size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "–"
         agreement = f"{100 * a['agreement']:.2f}%" if a.get("agreement") is not None else "–"
         delta = a.get("miou_delta")
-        method = a["method"] + (" (per-tensor)" if a.get("weight_scales") == "per-tensor" else "")
+        method = rival_label(a) + (" (per-tensor)" if a.get("weight_scales") == "per-tensor" else "")
         cells = [a["file"], a["precision"], method, size, agreement, _fmt(a.get("miou")),
                  f"{delta:+.4f}" if delta is not None else "–"]
         cells += [_fmt(_latency(a, t), 2) for t in threads]
@@ -173,7 +174,8 @@ def _by_role(report: dict) -> dict:
 
 def _quantisation_sections(report: dict) -> list[str]:
     lines: list[str] = []
-    for section in (_qat_comparison, _qat_section, _unquantised_section, _layer_error_section, _keep_float_section):
+    for section in (_qat_comparison, _ptq_methods_section, _qat_section, _unquantised_section, _layer_error_section,
+                    _keep_float_section):
         lines += section(report, report["quantisation"], report["benchmark"]["threads"], _by_role(report))
     return lines
 
@@ -204,6 +206,23 @@ def _qat_comparison(report: dict, q: dict, threads: list, files: dict) -> list[s
         lines.append(f"| IoU Δ {label} | {deltas[0]} | {deltas[1]} |")
     lines.append("")
     return lines
+
+
+def _ptq_methods_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    m = q.get("ptq_methods")
+    if not m:
+        return []
+    lines = ["## Post-training methods (--ptq-method)", "",
+             f"Asked for: {', '.join(m['requested'])}; applied: {', '.join(m['chosen']) or 'none (the plain file won)'}"
+             + (f", file `{m['file']}`" if m.get("file") else "") + f" ({m['seconds']:.0f} s)."]
+    auto = m.get("auto")
+    if auto:
+        lines += [f"`auto` scored each candidate's int8 agreement with float on {auto.get('scored_on', '-')}: "
+                  + ", ".join(f"{k} {100 * v:.2f}%" for k, v in auto["scores"].items()) + "."]
+    for name in (m.get("recipe") or {}).get("skipped", {}):
+        lines.append(f"- {name} skipped: {m['recipe']['skipped'][name]}")
+    lines += [f"- {name}: {m['recipe']['seconds'][name]} s" for name in (m.get("recipe") or {}).get("methods", [])]
+    return lines + [""]
 
 
 def _qat_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:

@@ -27,8 +27,9 @@ def tflite_files(run: Run) -> list[Artifact]:
         facts = {"weight_scales": weight_scales(q.per_tensor)} if row.calibrated else {}
         if row.integer_io:
             facts["io"] = q.io
-        # With --qat both int8 files are measured; the ship stage names the better one MODEL_int8.tflite.
-        role = ALTERNATIVE if (precision == "int8" and q.qat) else None
+        # With --qat or --ptq-method several int8 files are measured; the ship stage names the better
+        # one MODEL_int8.tflite.
+        role = ALTERNATIVE if (precision == "int8" and q.int8_rivals) else None
         name = artifact_name(run.name, precision, role="ptq" if role else None)
         out.append(write_tflite(run, blob, name, precision, "none" if precision == "float32" else "ptq",
                                 facts, role=role))
@@ -73,7 +74,7 @@ def onnx_files(run: Run) -> list[Artifact]:
 
 
 def _write(run: Run, blob: bytes, name: str, fmt: str, precision: str, method: str, facts: dict,
-           role: str | None) -> Artifact:
+           role: str | None = None) -> Artifact:
     write_bytes(run.staging / name, blob)
     say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
     return Artifact(file=name, format=fmt, precision=precision, method=method, bytes=len(blob), role=role,

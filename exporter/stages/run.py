@@ -20,6 +20,7 @@ class Run:
     model: object  # the float Keras model as trained
     fixed: object  # its batch-1 export graph (exporter.convert.signature.export_model): what is converted
     calib: object  # the calibration samples (a Split of the training data)
+    calib_idx: object  # their indices in the training split
     missing_classes: list  # class names absent from the calibration samples
     training: dict  # where the weights came from (the report's "training")
     staging: Path  # files are written here and published only when the whole run succeeded
