@@ -257,12 +257,12 @@ def convert(
         bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible, strict=strict),
     ))
-    typer.echo(summary_table(report))
     for check in report["checks"]:
         typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")
     for line in filter(None, recommended_lines(report)):
         typer.echo(line.replace("**", "").removeprefix("- "))
-    typer.echo(f"report: {out / report['model'] / 'report.md'}")
+    typer.echo(f"report: {out / report['model'] / 'report.md'}\n")
+    typer.echo(summary_table(report))  # last: what a user reads first
     failed = strict_failures(report["checks"])
     if strict and failed:
         raise ParityError(f"{len(failed)} accuracy check(s) failed: {failed[0]['name']} ({failed[0]['detail']})")
