@@ -10,8 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from calibration.augment import DEFAULT_AUGMENT
 from exporter.convert.ranges import DEFAULT_PERCENTILE
 from exporter.errors import ExporterError
+from exporter.losses import DEFAULT_LOSS
+from exporter.schedules import DEFAULT_SCHEDULE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export segmentation models to small, fast, validated TFLite and ONNX files.")
@@ -38,6 +41,17 @@ ValSamplesOpt = Annotated[int, typer.Option(help="Synthetic held-out samples to 
 SeedOpt = Annotated[int, typer.Option(help="Random seed: initial weights, batch order and flips (same seed, data and "
                                            "code: the same weights and byte-identical files).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+LossOpt = Annotated[str, typer.Option(help="Training loss: ce, dice, jaccard (iou), focal, or a weighted sum such as "
+                                           "ce+dice or 0.5*ce+dice; read from the model's logits or probabilities.")]
+ClassWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--class-weights", help="Per-class loss weights w0,w1,... or 'auto' (inverse pixel frequency in the training split).")]
+LrScheduleOpt = Annotated[str, typer.Option("--lr-schedule", help="Learning rate per epoch: constant, cosine, "
+                                                                  "exponential (x0.9 an epoch) or plateau (halved "
+                                                                  "after 2 epochs without a better held-out mIoU).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup-epochs", help="Epochs of linear warm-up to --lr before the schedule.")]
+AugmentOpt = Annotated[str, typer.Option(help="Augmentation: off (left-right flips only), light or standard, optionally "
+                                              "with overrides: standard,rotate=10,scale=0.2,brightness=0.1,contrast=0.1,"
+                                              "saturation=0.1,grayscale=0.05,hflip=0.5 (grayscale at most 0.2).")]
 
 _debug = False
 
@@ -85,19 +99,31 @@ def train(
         "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")] = None,
     train_samples: TrainSamplesOpt = 400,
     val_samples: ValSamplesOpt = 100,
+    loss: LossOpt = DEFAULT_LOSS,
+    class_weights: ClassWeightsOpt = None,
+    lr_schedule: LrScheduleOpt = DEFAULT_SCHEDULE,
+    warmup_epochs: WarmupOpt = 0,
+    augment: AugmentOpt = DEFAULT_AUGMENT,
 ) -> None:
-    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5.
+    """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
     A folder that already holds a run is never replaced without --overwrite; --resume continues it
     from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
+    from calibration.augment import parse_augment
     from calibration.sources import load_splits
+    from exporter.losses import parse_class_weights, parse_loss
+    from exporter.schedules import check_schedule
     from exporter.train import Schedule, claim_run_dir, seed_everything, train as run_training, training_dir
 
     if resume and overwrite:
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
     if epochs < 1 or batch_size < 1 or save_every < 0:
         raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
+    # The recipe is checked before any slow work; class weights again once the data gives the classes.
+    parse_loss(loss)
+    check_schedule(lr_schedule, warmup_epochs, epochs)
+    parse_augment(augment)
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
 
@@ -111,8 +137,11 @@ def train(
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
     splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
+    parse_class_weights(class_weights, config.num_classes, splits.train.masks)
     seed_everything(seed)  # before the model is built: seeded initial weights
-    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every)
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
+                        loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                        augment=augment)
     state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
                          overwrite=overwrite, data_spec=data)
     last = state["history"][-1] if state["history"] else {}
