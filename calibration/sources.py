@@ -1,7 +1,8 @@
 """Dataset sources: built-in synthetic scenes and image/mask folders on local disk.
 
 `load_splits(spec, ...)` is the one entry point. A spec is `synthetic`, a folder (layout
-detected), or `folder:DIR`, `pet:DIR`, `voc:DIR` to name the layout. Images are resized
+detected), `folder:DIR`, `pet:DIR`, `voc:DIR` to name the layout, or `tfrecord:DIR` (DeepLab's
+TFRecord shards, calibration.tfrecord). Images are resized
 bilinearly; masks with nearest neighbour only (bilinear invents labels along edges).
 """
 
@@ -33,6 +34,7 @@ VOC_LABELS = (
     "train", "tvmonitor",
 )
 LAYOUTS = ("synthetic", "folder", "pet", "voc")
+TFRECORD = "tfrecord"  # not a folder layout: shards of records (calibration.tfrecord)
 
 
 def load_splits(
@@ -50,6 +52,11 @@ def load_splits(
     layout_name, root = _parse(spec)
     if layout_name == "synthetic":
         return synthetic_splits(train_samples, val_samples, size, num_classes, seed)
+    if layout_name == TFRECORD:
+        from calibration.tfrecord import load_tfrecord_splits
+
+        return load_tfrecord_splits(root, size, num_classes, _labels_file(root), val_fraction=val_fraction,
+                                    max_samples=max_samples, seed=seed)
     layout = open_layout(root, layout_name)
     pairs = _paired(layout)
     labels = layout.labels
@@ -128,7 +135,7 @@ def _parse(spec: str) -> tuple[str | None, Path | None]:
     if spec == "synthetic":
         return "synthetic", None
     layout, sep, rest = spec.partition(":")
-    if sep and layout in LAYOUTS[1:]:
+    if sep and layout in (*LAYOUTS[1:], TFRECORD):
         return layout, Path(rest)
     return None, Path(spec)
 

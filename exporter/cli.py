@@ -29,7 +29,8 @@ class IO(str, Enum):
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture name (see `exporter list-models`).")]
 DataOpt = Annotated[str, typer.Option(help="'synthetic', a folder (images/+masks/, Oxford-IIIT Pet or PASCAL VOC "
-                                          "layout), or folder:DIR / pet:DIR / voc:DIR.")]
+                                          "layout), folder:DIR / pet:DIR / voc:DIR, or tfrecord:DIR (DeepLab's "
+                                          "train-*.tfrecord and val-*.tfrecord shards).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder; files go to OUT/MODEL/.")]
 SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Square input size (default: the model's).")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--classes", help="Number of classes (default: the data's).")]
