@@ -23,6 +23,7 @@ from calibration.checks import (
     mask_array,
 )
 from calibration.dataset import SegData, Splits, split_by_id
+from calibration.stream import STREAM_ABOVE_BYTES, StreamedData, decoded_bytes
 from calibration.synthetic import synthetic_splits
 from exporter.errors import DataError
 
@@ -47,8 +48,11 @@ def load_splits(
     val_fraction: float = 0.2,
     max_samples: int | None = None,
     seed: int = 0,
+    stream: bool | None = False,
 ) -> Splits:
-    """Training and held-out samples at the model's input size."""
+    """Training and held-out samples at the model's input size. `stream` (folders only): read samples
+    from disk when used (calibration.stream) instead of decoding all now; None: when they would take
+    more than STREAM_ABOVE_BYTES decoded."""
     layout_name, root = _parse(spec)
     if layout_name == "synthetic":
         return synthetic_splits(train_samples, val_samples, size, num_classes, seed)
@@ -67,7 +71,13 @@ def load_splits(
         num_classes = len(labels)
     if max_samples is not None:
         pairs = pairs[:max_samples]
-    data = _read_pairs(pairs, size, num_classes, labels, layout.value_map, f"{layout.name} folder {root}")
+    source = f"{layout.name} folder {root}"
+    if stream is None:
+        stream = decoded_bytes(len(pairs), size) > STREAM_ABOVE_BYTES
+    if stream:
+        data = StreamedData(pairs, size, num_classes, labels, layout.value_map, source)
+    else:
+        data = _read_pairs(pairs, size, num_classes, labels, layout.value_map, source)
     if layout.official_val is not None:
         val = np.array([i in layout.official_val for i in data.ids])
         if val.any() and not val.all():

@@ -105,6 +105,10 @@ def train(
     lr_schedule: LrScheduleOpt = DEFAULT_SCHEDULE,
     warmup_epochs: WarmupOpt = 0,
     augment: AugmentOpt = DEFAULT_AUGMENT,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
+                                     "(default: stream when the decoded data would exceed 2 GiB).",
+        show_default=False)] = None,
 ) -> None:
     """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
@@ -113,7 +117,7 @@ def train(
     from architectures import build, get_spec, resolve_config
     from calibration.augment import parse_augment
     from calibration.sources import load_splits
-    from exporter.losses import parse_class_weights, parse_loss
+    from exporter.losses import parse_loss
     from exporter.schedules import check_schedule
     from exporter.train import Schedule, claim_run_dir, seed_everything, train as run_training, training_dir
 
@@ -121,7 +125,7 @@ def train(
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
     if epochs < 1 or batch_size < 1 or save_every < 0:
         raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
-    # The recipe is checked before any slow work; class weights again once the data gives the classes.
+    # The recipe is checked before any slow work; class weights once the data gives the classes (in train).
     parse_loss(loss)
     check_schedule(lr_schedule, warmup_epochs, epochs)
     parse_augment(augment)
@@ -136,9 +140,9 @@ def train(
     elif freeze_encoder:
         options = {"freeze_encoder": True}
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
-    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
+    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples,
+                         val_samples=val_samples, stream=stream)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
-    parse_class_weights(class_weights, config.num_classes, splits.train.masks)
     seed_everything(seed)  # before the model is built: seeded initial weights
     schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
                         loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,

@@ -61,9 +61,13 @@ def parse_class_weights(text: str | None, num_classes: int, masks: np.ndarray | 
     return weights
 
 
-def auto_class_weights(masks: np.ndarray, num_classes: int) -> list[float]:
-    """Inverse pixel frequency, scaled so the classes present average 1; absent classes get 1 (no signal)."""
-    counts = np.bincount(np.asarray(masks).ravel(), minlength=256)[:num_classes].astype(np.float64)
+def auto_class_weights(masks, num_classes: int, chunk: int = 256) -> list[float]:
+    """Inverse pixel frequency, scaled so the classes present average 1; absent classes get 1 (no signal).
+    `masks`: an array or streamed masks (calibration.stream), counted `chunk` masks at a time."""
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(masks), chunk):
+        counts += np.bincount(np.asarray(masks[start : start + chunk]).ravel(), minlength=256)
+    counts = counts[:num_classes].astype(np.float64)
     present = counts > 0
     weights = np.ones(num_classes)
     weights[present] = counts[present].sum() / counts[present]

@@ -238,6 +238,19 @@ def epoch_batches(splits: Splits, batch_size: int, seed: int, epoch: int, start_
         yield images, masks[..., None]
 
 
+def evaluate(model, val, num_classes: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion matrix over the held-out samples, predicted mask of the first), a batch at a time so
+    streamed data is never held whole."""
+    from exporter.parity import confusion
+
+    cm, first = np.zeros((num_classes, num_classes), np.int64), None
+    for start in range(0, len(val), batch_size):
+        pred = predict_masks(model, val.images[start : start + batch_size], batch_size)
+        cm += confusion(val.masks[start : start + batch_size], pred, num_classes)
+        first = pred[0] if first is None else first
+    return cm, first
+
+
 def predict_masks(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     preds = [
         np.argmax(model(images[i : i + batch_size].astype(np.float32), training=False), axis=-1)
@@ -330,7 +343,7 @@ class _Checkpoints:
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
           overwrite: bool = False, data_spec: str = "synthetic") -> dict:
     """Train `model` in place into OUT/MODEL/training; returns the state written to state.json."""
-    from exporter.parity import confusion, miou_from_confusion
+    from exporter.parity import miou_from_confusion
 
     run_dir = training_dir(out, config.name)
     claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
@@ -392,8 +405,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss:.3f}")
                 if schedule.save_every and (step + 1) % schedule.save_every == 0 and step + 1 < steps:
                     save(epoch, step + 1)
-            pred = predict_masks(model, splits.val.images)
-            cm = confusion(splits.val.masks, pred, config.num_classes)
+            cm, first_pred = evaluate(model, splits.val, config.num_classes)
             # The loss of a resumed epoch is over the steps run since the resume.
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
                       "val_miou": miou_from_confusion(cm), "lr": epoch_lr, "seconds": round(time.time() - started, 1)}
@@ -401,7 +413,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
             state["epochs_done"] = epoch + 1
             save(epoch + 1, 0)
             write_preview(run_dir / "previews" / f"epoch_{epoch + 1:03d}.png", splits.val.images[0],
-                          splits.val.masks[0], pred[0], config.num_classes)
+                          splits.val.masks[0], first_pred, config.num_classes)
             write_curves(run_dir / CURVES_FILE, state["history"], f"{config.name}, loss {schedule.loss}")
             say(f"epoch {epoch + 1}/{schedule.epochs}: loss {record['loss']:.4f}, "
                 f"held-out mIoU {record['val_miou']:.4f}")
