@@ -109,6 +109,9 @@ def train(
         "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
                                      "(default: stream when the decoded data would exceed 2 GiB).",
         show_default=False)] = None,
+    freeze_epochs: Annotated[int, typer.Option(
+        "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
+                                "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")] = 0,
 ) -> None:
     """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
@@ -129,6 +132,11 @@ def train(
     parse_loss(loss)
     check_schedule(lr_schedule, warmup_epochs, epochs)
     parse_augment(augment)
+    if not 0 <= freeze_epochs < epochs:
+        raise ExporterError(f"--freeze-epochs {freeze_epochs}: must be at least 0 and below --epochs ({epochs})")
+    if freeze_epochs and freeze_encoder is not None:
+        raise ExporterError("--freeze-epochs freezes the encoder for its first epochs and then trains it; "
+                            "drop --freeze-encoder/--train-encoder")
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
 
@@ -136,7 +144,9 @@ def train(
     if encoder_weights is not None:
         if not encoder_weights.is_file():
             raise ExporterError(f"{encoder_weights}: encoder weights file not found")
-        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": True if freeze_encoder is None else freeze_encoder}
+        # With --freeze-epochs the run freezes and unfreezes the encoder itself.
+        frozen = not freeze_epochs if freeze_encoder is None else freeze_encoder
+        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": frozen}
     elif freeze_encoder:
         options = {"freeze_encoder": True}
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
@@ -146,7 +156,7 @@ def train(
     seed_everything(seed)  # before the model is built: seeded initial weights
     schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
                         loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
-                        augment=augment)
+                        augment=augment, freeze_epochs=freeze_epochs)
     state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
                          overwrite=overwrite, data_spec=data)
     last = state["history"][-1] if state["history"] else {}

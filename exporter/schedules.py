@@ -18,6 +18,9 @@ EXPONENTIAL_DECAY = 0.9  # per epoch after warm-up
 PLATEAU_FACTOR = 0.5  # halve the rate ...
 PLATEAU_PATIENCE = 2  # ... after this many epochs without a better held-out mIoU
 MIN_FRACTION = 0.01  # cosine ends at 1 % of the base rate, not at zero (a last epoch that learns nothing)
+# After --freeze-epochs the pretrained encoder trains too, at this fraction of the scheduled rate:
+# large steps would wreck the features it brings before the decoder has adapted to them.
+UNFREEZE_FACTOR = 0.1
 
 
 def check_schedule(name: str, warmup_epochs: int, epochs: int) -> None:
@@ -28,8 +31,11 @@ def check_schedule(name: str, warmup_epochs: int, epochs: int) -> None:
 
 
 def learning_rate(name: str, base: float, epoch: int, epochs: int, warmup_epochs: int = 0,
-                  history: list[dict] | None = None) -> float:
-    """The rate of 0-based `epoch`; `history`: the per-epoch records before it (for `plateau`)."""
+                  history: list[dict] | None = None, freeze_epochs: int = 0) -> float:
+    """The rate of 0-based `epoch`; `history`: the per-epoch records before it (for `plateau`);
+    from epoch `freeze_epochs` on (when > 0, the encoder unfrozen) times UNFREEZE_FACTOR."""
+    if freeze_epochs and epoch >= freeze_epochs:
+        return UNFREEZE_FACTOR * learning_rate(name, base, epoch, epochs, warmup_epochs, history)
     if epoch < warmup_epochs:  # linear ramp up to the base rate, which epoch `warmup_epochs` reaches
         return base * (epoch + 1) / (warmup_epochs + 1)
     t = epoch - warmup_epochs

@@ -56,12 +56,13 @@ class Schedule:
     lr_schedule: str = DEFAULT_SCHEDULE  # exporter.schedules.SCHEDULES
     warmup_epochs: int = 0
     augment: str = DEFAULT_AUGMENT  # calibration.augment spec, e.g. "standard,grayscale=0.05"
+    freeze_epochs: int = 0  # the encoder (ArchSpec.encoder_layers) frozen for this many epochs, then trained
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-RECIPE = ("loss", "class_weights", "lr_schedule", "warmup_epochs", "augment")
+RECIPE = ("loss", "class_weights", "lr_schedule", "warmup_epochs", "augment", "freeze_epochs")
 
 
 def training_dir(out: Path, model_name: str) -> Path:
@@ -294,6 +295,33 @@ def write_curves(path: Path, history: list[dict], title: str) -> None:
         figure.savefig(tmp, format="png")
 
 
+class _Encoder:
+    """--freeze-epochs: the encoder's layers frozen, then trained. The optimiser is built over every
+    trainable variable first, so its state (and a checkpoint's) is the same frozen or not."""
+
+    def __init__(self, model, spec, freeze_epochs: int):
+        self.model, self.frozen = model, None
+        self.layers = []
+        if not freeze_epochs:
+            return
+        if spec.encoder_layers is None:
+            raise ExporterError(f"--freeze-epochs: {spec.name} has no pretrained encoder to freeze")
+        self.layers = [layer for layer in spec.encoder_layers(model) if layer.weights]
+        for layer in self.layers:
+            layer.trainable = True
+        model.optimizer.build(model.trainable_variables)
+
+    def set_frozen(self, frozen: bool) -> None:
+        if not self.layers or frozen == self.frozen:
+            return
+        for layer in self.layers:
+            layer.trainable = not frozen
+        # Keras fixes the trainable variables when it compiles: recompile, keeping the optimiser.
+        self.model.compile(optimizer=self.model.optimizer, loss=self.model.loss)
+        self.frozen = frozen
+        say(f"encoder {'frozen' if frozen else 'unfrozen'} ({len(self.layers)} layers)")
+
+
 def _check_same_recipe(previous: dict, schedule: Schedule, run_dir: Path) -> None:
     """--resume continues a run with its own recipe; another recipe would be another run."""
     defaults = Schedule()
@@ -362,6 +390,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
                                 "use another --out or drop --resume")
         _check_same_recipe(previous.state.get("schedule", {}), schedule, run_dir)
     compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
+    encoder = _Encoder(model, spec, schedule.freeze_epochs)
     ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
     start_epoch = start_step = 0
     if resume:
@@ -395,8 +424,9 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
             first = start_step if epoch == start_epoch else 0
             # Set every epoch (also the first after a resume): the checkpoint's rate is not trusted.
             epoch_lr = scheduled_rate(schedule.lr_schedule, lr, epoch, schedule.epochs, schedule.warmup_epochs,
-                                      state["history"])
+                                      state["history"], schedule.freeze_epochs)
             model.optimizer.learning_rate.assign(epoch_lr)
+            encoder.set_frozen(epoch < schedule.freeze_epochs)
             for step, (images, masks) in enumerate(
                     epoch_batches(splits, schedule.batch_size, schedule.seed, epoch, first, augment), start=first):
                 loss = float(model.train_on_batch(images, masks))

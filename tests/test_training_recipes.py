@@ -284,3 +284,36 @@ def test_bad_recipe_options_are_one_line_each(run_cli):
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert result.returncode == 2 and len(errors) == 1 and message in errors[0], (option, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # a short training run: about 30 s on 2 busy cores
+def test_freeze_epochs_keep_the_encoder_fixed_then_train_it_at_a_lower_rate(tmp_path, monkeypatch):
+    from architectures import build, get_spec, resolve_config
+    from calibration.synthetic import synthetic_splits
+    from exporter import train as train_module
+    from exporter.schedules import UNFREEZE_FACTOR
+
+    config = resolve_config("unet", input_size=32, num_classes=3, alpha=0.35)
+    schedule = train_module.Schedule(epochs=3, batch_size=8, freeze_epochs=2)
+    train_module.seed_everything(0)
+    model = build(config)
+    snapshots = [(model.get_layer("Conv1").get_weights()[0].copy(), model.get_layer("logits").get_weights()[0].copy())]
+    original = train_module.write_preview
+
+    def preview(*args):  # after each epoch: the encoder's first conv and the decoder's last
+        snapshots.append((model.get_layer("Conv1").get_weights()[0].copy(),
+                          model.get_layer("logits").get_weights()[0].copy()))
+        original(*args)
+    monkeypatch.setattr(train_module, "write_preview", preview)
+    state = train_module.train(model, config, get_spec("unet"), synthetic_splits(16, 4, (32, 32), 3), tmp_path,
+                               schedule)
+    (enc0, dec0), (enc1, dec1), (enc2, dec2), (enc3, dec3) = snapshots
+    assert np.array_equal(enc0, enc1) and np.array_equal(enc1, enc2)  # frozen for 2 epochs ...
+    assert not np.array_equal(dec0, dec1) and not np.array_equal(dec1, dec2)  # ... while the decoder learns
+    assert not np.array_equal(enc2, enc3)  # then trained
+    assert [h["lr"] for h in state["history"]] == pytest.approx([1e-3, 1e-3, 1e-3 * UNFREEZE_FACTOR])
+
+    selfie = resolve_config("selfie", input_size=64, num_classes=3)
+    with pytest.raises(ExporterError, match="--freeze-epochs: selfie has no pretrained encoder"):
+        train_module.train(build(selfie), selfie, get_spec("selfie"), synthetic_splits(4, 2, (64, 64), 3),
+                           tmp_path / "selfie", schedule)
