@@ -112,6 +112,10 @@ def train(
     freeze_epochs: Annotated[int, typer.Option(
         "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
                                 "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")] = 0,
+    distribute: Annotated[str, typer.Option(
+        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")] = "none",
+    cpu_devices: Annotated[int, typer.Option(
+        "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")] = 0,
 ) -> None:
     """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
@@ -120,6 +124,7 @@ def train(
     from architectures import build, get_spec, resolve_config
     from calibration.augment import parse_augment
     from calibration.sources import load_splits
+    from exporter.distribute import make_strategy, scope
     from exporter.losses import parse_loss
     from exporter.schedules import check_schedule
     from exporter.train import Schedule, claim_run_dir, seed_everything, train as run_training, training_dir
@@ -139,6 +144,7 @@ def train(
                             "drop --freeze-encoder/--train-encoder")
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
+    strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
 
     options = {}
     if encoder_weights is not None:
@@ -157,8 +163,10 @@ def train(
     schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
                         loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
                         augment=augment, freeze_epochs=freeze_epochs)
-    state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
-                         overwrite=overwrite, data_spec=data)
+    with scope(strategy):
+        network = build(config)
+    state = run_training(network, config, get_spec(model), splits, out, schedule, resume=resume,
+                         overwrite=overwrite, data_spec=data, strategy=strategy)
     last = state["history"][-1] if state["history"] else {}
     typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
                f"weights in {training_dir(out, model) / 'weights.h5'}")

@@ -299,8 +299,8 @@ class _Encoder:
     """--freeze-epochs: the encoder's layers frozen, then trained. The optimiser is built over every
     trainable variable first, so its state (and a checkpoint's) is the same frozen or not."""
 
-    def __init__(self, model, spec, freeze_epochs: int):
-        self.model, self.frozen = model, None
+    def __init__(self, model, spec, freeze_epochs: int, strategy=None):
+        self.model, self.frozen, self.strategy = model, None, strategy
         self.layers = []
         if not freeze_epochs:
             return
@@ -316,8 +316,11 @@ class _Encoder:
             return
         for layer in self.layers:
             layer.trainable = not frozen
+        from exporter.distribute import scope
+
         # Keras fixes the trainable variables when it compiles: recompile, keeping the optimiser.
-        self.model.compile(optimizer=self.model.optimizer, loss=self.model.loss)
+        with scope(self.strategy):
+            self.model.compile(optimizer=self.model.optimizer, loss=self.model.loss)
         self.frozen = frozen
         say(f"encoder {'frozen' if frozen else 'unfrozen'} ({len(self.layers)} layers)")
 
@@ -369,8 +372,10 @@ class _Checkpoints:
 
 
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
-          overwrite: bool = False, data_spec: str = "synthetic") -> dict:
-    """Train `model` in place into OUT/MODEL/training; returns the state written to state.json."""
+          overwrite: bool = False, data_spec: str = "synthetic", strategy=None) -> dict:
+    """Train `model` in place into OUT/MODEL/training; returns the state written to state.json.
+    `strategy` (exporter.distribute): the one `model` was built under; its batches are split across replicas."""
+    from exporter.distribute import scope
     from exporter.parity import miou_from_confusion
 
     run_dir = training_dir(out, config.name)
@@ -389,8 +394,9 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
             raise ExporterError(f"{run_dir}: that run was trained with a different model or data; "
                                 "use another --out or drop --resume")
         _check_same_recipe(previous.state.get("schedule", {}), schedule, run_dir)
-    compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
-    encoder = _Encoder(model, spec, schedule.freeze_epochs)
+    with scope(strategy):
+        compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
+        encoder = _Encoder(model, spec, schedule.freeze_epochs, strategy)
     ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
     start_epoch = start_step = 0
     if resume:
@@ -409,6 +415,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
            if schedule.lr_schedule != DEFAULT_SCHEDULE or schedule.warmup_epochs else "")
         + f", loss {schedule.loss}" + (f" (class weights {class_weights})" if class_weights else "")
         + (f", augment {schedule.augment}" if schedule.augment != DEFAULT_AUGMENT else "")
+        + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else "")
         + f", seed {schedule.seed}")
 
     def save(epoch: int, step: int) -> None:

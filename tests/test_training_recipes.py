@@ -277,7 +277,9 @@ def test_bad_recipe_options_are_one_line_each(run_cli):
              ("--augment", "strong"): "unknown preset 'strong'",
              ("--augment", "light,grayscale=0.5"): "grayscale must be between 0 and 0.2",
              ("--lr-schedule", "step"): "--lr-schedule 'step': unknown",
-             ("--warmup-epochs", "3"): "--warmup-epochs 3: must be at least 0 and below --epochs (2)"}
+             ("--warmup-epochs", "3"): "--warmup-epochs 3: must be at least 0 and below --epochs (2)",
+             ("--cpu-devices", "2"): "for --distribute mirrored only",
+             ("--distribute", "multiworker"): "--distribute 'multiworker': unknown"}
     for option, message in cases.items():
         result = run_cli("train", "--model", "unet", "--input-size", "32", "--epochs", "2", "--train-samples", "4",
                          "--val-samples", "2", "--classes", "3", *option)
