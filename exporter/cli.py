@@ -10,9 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from calibration.augment import DEFAULT_AUGMENT
 from exporter.errors import ExporterError
 from exporter.formats import parse_precisions, tflite_precisions
+from exporter.losses import DEFAULT_LOSS
 from exporter.options import BenchSpec, ConvertOptions, DataSpec, GateSpec, QuantSpec
+from exporter.schedules import DEFAULT_SCHEDULE
 from exporter.train import Schedule
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -28,7 +31,8 @@ class IO(str, Enum):
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture name (see `exporter list-models`).")]
 DataOpt = Annotated[str, typer.Option(help="'synthetic', a folder (images/+masks/, Oxford-IIIT Pet or PASCAL VOC "
-                                          "layout), or folder:DIR / pet:DIR / voc:DIR.")]
+                                          "layout), folder:DIR / pet:DIR / voc:DIR, or tfrecord:DIR (DeepLab's "
+                                          "train-*.tfrecord and val-*.tfrecord shards).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder; files go to OUT/MODEL/.")]
 SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Square input size (default: the model's).")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--classes", help="Number of classes (default: the data's).")]
@@ -42,6 +46,17 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed: initial weights, batch 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and everything the libraries print.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's, the converter's and LiteRT's own "
                                                             "messages (quiet by default).")]
+LossOpt = Annotated[str, typer.Option(help="Training loss: ce, dice, jaccard (iou), focal, or a weighted sum such as "
+                                           "ce+dice or 0.5*ce+dice; read from the model's logits or probabilities.")]
+ClassWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--class-weights", help="Per-class loss weights w0,w1,... or 'auto' (inverse pixel frequency in the training split).")]
+LrScheduleOpt = Annotated[str, typer.Option("--lr-schedule", help="Learning rate per epoch: constant, cosine, "
+                                                                  "exponential (x0.9 an epoch) or plateau (halved "
+                                                                  "after 2 epochs without a better held-out mIoU).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup-epochs", help="Epochs of linear warm-up to --lr before the schedule.")]
+AugmentOpt = Annotated[str, typer.Option(help="Augmentation: off (left-right flips only), light or standard, optionally "
+                                              "with overrides: standard,rotate=10,scale=0.2,brightness=0.1,contrast=0.1,"
+                                              "saturation=0.1,grayscale=0.05,hflip=0.5 (grayscale at most 0.2).")]
 
 _debug = False
 
@@ -99,36 +114,73 @@ def train(
         "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")] = None,
     train_samples: TrainSamplesOpt = DataSpec.train_samples,
     val_samples: ValSamplesOpt = DataSpec.val_samples,
+    loss: LossOpt = DEFAULT_LOSS,
+    class_weights: ClassWeightsOpt = None,
+    lr_schedule: LrScheduleOpt = DEFAULT_SCHEDULE,
+    warmup_epochs: WarmupOpt = 0,
+    augment: AugmentOpt = DEFAULT_AUGMENT,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
+                                     "(default: stream when the decoded data would exceed 2 GiB).",
+        show_default=False)] = None,
+    freeze_epochs: Annotated[int, typer.Option(
+        "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
+                                "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")] = 0,
+    distribute: Annotated[str, typer.Option(
+        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")] = "none",
+    cpu_devices: Annotated[int, typer.Option(
+        "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")] = 0,
 ) -> None:
-    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5.
+    """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
     A folder that already holds a run is never replaced without --overwrite; --resume continues it
     from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
+    from calibration.augment import parse_augment
     from calibration.sources import load_splits
+    from exporter.distribute import make_strategy, scope
+    from exporter.losses import parse_loss
+    from exporter.schedules import check_schedule
     from exporter.train import claim_run_dir, seed_everything, train as run_training, training_dir
 
     if resume and overwrite:
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
     if epochs < 1 or batch_size < 1 or save_every < 0:
         raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
+    # The recipe is checked before any slow work; class weights once the data gives the classes (in train).
+    parse_loss(loss)
+    check_schedule(lr_schedule, warmup_epochs, epochs)
+    parse_augment(augment)
+    if not 0 <= freeze_epochs < epochs:
+        raise ExporterError(f"--freeze-epochs {freeze_epochs}: must be at least 0 and below --epochs ({epochs})")
+    if freeze_epochs and freeze_encoder is not None:
+        raise ExporterError("--freeze-epochs freezes the encoder for its first epochs and then trains it; "
+                            "drop --freeze-encoder/--train-encoder")
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
+    strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
 
     options = {}
     if encoder_weights is not None:
         if not encoder_weights.is_file():
             raise ExporterError(f"{encoder_weights}: encoder weights file not found")
-        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": True if freeze_encoder is None else freeze_encoder}
+        # With --freeze-epochs the run freezes and unfreezes the encoder itself.
+        frozen = not freeze_epochs if freeze_encoder is None else freeze_encoder
+        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": frozen}
     elif freeze_encoder:
         options = {"freeze_encoder": True}
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
-    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
+    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples,
+                         val_samples=val_samples, stream=stream)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
     seed_everything(seed)  # before the model is built: seeded initial weights
-    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every)
-    state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
-                         overwrite=overwrite, data_spec=data)
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
+                        loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                        augment=augment, freeze_epochs=freeze_epochs)
+    with scope(strategy):
+        network = build(config)
+    state = run_training(network, config, get_spec(model), splits, out, schedule, resume=resume,
+                         overwrite=overwrite, data_spec=data, strategy=strategy)
     last = state["history"][-1] if state["history"] else {}
     typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
                f"weights in {training_dir(out, model) / 'weights.h5'}")
