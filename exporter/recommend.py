@@ -49,5 +49,5 @@ def recommend(report: dict, checks: list[dict]) -> dict:
     elif fp16 is not None:
         gpu, gpu_basis = float32, "the float32 file: the float16 file is not fully GPU-delegate compatible"
     else:
-        gpu, gpu_basis = float32, "the float32 file; no float16 file was written (--fp16)"
+        gpu, gpu_basis = float32, "the float32 file; no float16 file was written (--precision float16)"
     return {"cpu": cpu["file"], "gpu": gpu["file"], "cpu_basis": basis, "gpu_basis": gpu_basis}
