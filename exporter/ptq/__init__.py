@@ -156,9 +156,11 @@ def apply_methods(model, config, calibration_images: np.ndarray, methods: Sequen
     return result, recipe
 
 
-def applicable_methods(model) -> list[str]:
-    """The methods with a layer pattern in `model`, in run order."""
-    return [name for name, method in METHODS.items() if method.applicable(model)]
+def applicable_methods(model, per_tensor: bool = False) -> list[str]:
+    """The methods with a layer pattern in `model`, in run order (`per_tensor`: without the ones
+    apply_methods refuses for per-tensor weights)."""
+    return [name for name, method in METHODS.items()
+            if method.applicable(model) and not (per_tensor and name in PER_CHANNEL_ONLY)]
 
 
 def choose_method(candidates: Sequence[Sequence[str] | str], score_fn: Callable[[tuple[str, ...]], float]) -> dict:
