@@ -17,6 +17,12 @@ def test_unknown_method_names_the_valid_ones():
     message = str(info.value)
     assert "magic" in message and "\n" not in message
     assert all(name in message for name in METHODS)
+    with pytest.raises(ExporterError, match="per-channel"):
+        apply_methods(small_cnn(), None, np.zeros((1, 16, 16, 3)), ["adaround"], per_tensor=True)
+    from exporter.ptq import PER_CHANNEL_ONLY, applicable_methods
+
+    assert set(PER_CHANNEL_ONLY) <= set(applicable_methods(small_cnn()))
+    assert not set(PER_CHANNEL_ONLY) & set(applicable_methods(small_cnn(), per_tensor=True))
 
 
 def test_apply_methods_changes_a_copy_and_records_each_method():

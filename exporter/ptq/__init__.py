@@ -99,6 +99,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _has_biases),
 )}
 NONE = "none"  # the plain int8 file, a candidate for `auto`
+# Methods that model the converter's per-channel weight grid (exporter.ptq.grid); wrong for --per-tensor.
+PER_CHANNEL_ONLY = ("adaround", "bias_correction", "bias_correction_act")
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -120,7 +122,8 @@ def clone(model):
     return copy
 
 
-def apply_methods(model, config, calibration_images: np.ndarray, methods: Sequence[str]) -> tuple[object, dict]:
+def apply_methods(model, config, calibration_images: np.ndarray, methods: Sequence[str],
+                  per_tensor: bool = False) -> tuple[object, dict]:
     """Run `methods` on a copy of the export model `model`; (the copy, the recipe).
 
     recipe = {"methods": [names in run order], "seconds": {name: s}, "skipped": {name: why},
@@ -128,11 +131,16 @@ def apply_methods(model, config, calibration_images: np.ndarray, methods: Sequen
     skipped; smoothquant: per edge alpha and the measured error before/after; adaround: per layer
     the output error of nearest vs learned rounding and the fraction of weights flipped;
     bias_correction*: layers corrected and their mean |shift|). `config` is the model's
-    ModelConfig (recorded as its name; the methods need only the graph).
+    ModelConfig (recorded as its name; the methods need only the graph). `per_tensor`: the int8
+    file will scale weights per tensor, which the grid-based methods do not model (refused).
     """
     import time
 
     order = check_methods(methods)
+    grid_based = [m for m in order if m in PER_CHANNEL_ONLY]
+    if per_tensor and grid_based:
+        raise ExporterError(f"--ptq-method {', '.join(grid_based)} models per-channel int8 weights; "
+                            "drop --per-tensor or choose among smoothquant, cle")
     result = clone(model)
     recipe: dict = {"model": getattr(config, "name", None), "methods": [], "seconds": {}, "skipped": {}}
     images = np.asarray(calibration_images, np.float32)
@@ -148,9 +156,11 @@ def apply_methods(model, config, calibration_images: np.ndarray, methods: Sequen
     return result, recipe
 
 
-def applicable_methods(model) -> list[str]:
-    """The methods with a layer pattern in `model`, in run order."""
-    return [name for name, method in METHODS.items() if method.applicable(model)]
+def applicable_methods(model, per_tensor: bool = False) -> list[str]:
+    """The methods with a layer pattern in `model`, in run order (`per_tensor`: without the ones
+    apply_methods refuses for per-tensor weights)."""
+    return [name for name, method in METHODS.items()
+            if method.applicable(model) and not (per_tensor and name in PER_CHANNEL_ONLY)]
 
 
 def choose_method(candidates: Sequence[Sequence[str] | str], score_fn: Callable[[tuple[str, ...]], float]) -> dict:

@@ -22,7 +22,8 @@ def agreement_score(model, config, calibration_images: np.ndarray, images: np.nd
     reference = class_map(np.asarray(model.predict(np.asarray(images, np.float32), batch_size=1, verbose=0)))
 
     def score_fn(methods) -> float:
-        candidate, recipe = apply_methods(model, config, calibration_images, methods)
+        candidate, recipe = apply_methods(model, config, calibration_images, methods,
+                                          per_tensor=bool(convert_options.get("per_tensor", False)))
         blob = to_tflite(candidate, config, "int8", calibration_images, **convert_options)
         score_fn.recipes["+".join(methods) or "none"] = recipe
         with tempfile.TemporaryDirectory() as tmp:
