@@ -189,8 +189,9 @@ def train(
 _Q, _D, _B, _S = QuantSpec(), DataSpec(), BenchSpec(), Schedule()  # every default is declared in these specs
 PtqMethodOpt = Annotated[Optional[str], typer.Option(
     "--ptq-method", help="Post-training methods applied to the float graph before int8, comma-separated: "
-                         "cle, smoothquant, adaround, bias_correction (or bias_correction_act), or 'auto' (each "
-                         "applicable one and none tried on training samples outside the calibration set). Their "
+                         "cle, smoothquant, adaround, bias_correction (or bias_correction_act), or 'auto' (none, "
+                         "bias_correction_act and smoothquant+bias_correction_act, where they apply, scored on "
+                         "training samples outside the calibration set; docs/ptq-methods.md). Their "
                          "file is measured beside the plain one; the better ships as MODEL_int8.tflite. Implies int8.")]
 
 # convert's options, declared once here so the command reads as its parameters.

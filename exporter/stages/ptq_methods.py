@@ -2,9 +2,9 @@
 cross-layer equalisation, SmoothQuant, AdaRound, bias correction), measured beside the plain one.
 
 The methods change the float weights only; the converter's own int8 rounding of the result is
-what ships. With `auto` each applicable method (and none) is tried on the calibration samples and
-scored on a slice of training samples that are neither calibration samples nor the report's
-held-out ones; the best is written, or nothing when the plain file wins.
+what ships. With `auto` the plain file and AUTO_CANDIDATES (where they apply) are made from the
+calibration samples and scored on a slice of training samples that are neither calibration
+samples nor the report's held-out ones; the best is written, or nothing when the plain file wins.
 """
 
 from __future__ import annotations
@@ -20,10 +20,17 @@ from exporter.stages.export import write_tflite
 from exporter.stages.run import Run
 
 AUTO_SLICE = 16  # samples `auto` scores on: enough to rank methods, a fraction of a conversion's time
+# What `auto` tries besides the plain file: the methods that helped somewhere in docs/ptq-methods.md's
+# measurements (bias correction with activation rounding: DeepLab, SegFormer; with SmoothQuant first:
+# selfie, +0.68 agreement points). Every applicable method alone cost one conversion each (DeepLab:
+# 370 s against 17 s plain), far over the 3x budget, and equalisation alone never helped.
+AUTO_CANDIDATES = (("bias_correction_act",), ("smoothquant", "bias_correction_act"))
 
 
 def method_files(run: Run) -> tuple[list[Artifact], dict]:
-    """([the methods' int8 file]; none when auto keeps the plain file), the report's quantisation["ptq_methods"]."""
+    """([the methods' int8 file]; none when auto keeps the plain file), the report's quantisation["ptq_methods"].
+
+    The float reference stays the original graph: bias correction changes the float outputs on purpose."""
     from exporter.convert.tflite import to_tflite, weight_scales
     from exporter.ptq import apply_methods
 
@@ -42,7 +49,7 @@ def method_files(run: Run) -> tuple[list[Artifact], dict]:
         if not methods:
             return [], {**section, "chosen": [], "seconds": round(time.time() - t0, 1)}
     say(f"post-training methods {', '.join(methods)} on the float graph, then int8 ({len(run.calib)} calibration samples)")
-    model, recipe = apply_methods(run.fixed, run.config, run.calib.images, methods)
+    model, recipe = apply_methods(run.fixed, run.config, run.calib.images, methods, per_tensor=q.per_tensor)
     blob = to_tflite(model, run.config, "int8", run.calib.images, io=q.io, per_tensor=q.per_tensor,
                      range_percentile=q.range_percentile)
     name = artifact_name(run.name, "int8", role="-".join(recipe["methods"]) or "ptq-methods")
@@ -53,8 +60,8 @@ def method_files(run: Run) -> tuple[list[Artifact], dict]:
 
 
 def _auto(run: Run) -> dict:
-    """Each applicable method alone and none, scored by int8-vs-float agreement on training samples
-    outside the calibration set (disjoint from the report's held-out samples)."""
+    """The plain file and AUTO_CANDIDATES (where they apply), scored by int8-vs-float agreement on
+    training samples outside the calibration set (disjoint from the report's held-out samples)."""
     from exporter.ptq import NONE, applicable_methods, choose_method
     from exporter.ptq.auto import agreement_score
 
@@ -66,7 +73,8 @@ def _auto(run: Run) -> dict:
         return {"chosen": (), "scores": {}, "note": "no training sample outside the calibration set to score on"}
     score = agreement_score(run.fixed, run.config, run.calib.images, run.splits.train.images[pick],
                             io=q.io, per_tensor=q.per_tensor, range_percentile=q.range_percentile)
-    candidates = [NONE] + [(m,) for m in applicable_methods(run.fixed)]
+    applicable = set(applicable_methods(run.fixed, per_tensor=q.per_tensor))
+    candidates = [NONE] + [c for c in AUTO_CANDIDATES if set(c) <= applicable]
     say(f"--ptq-method auto: trying {', '.join('+'.join(c) if isinstance(c, tuple) else c for c in candidates)} "
         f"on {len(pick)} training samples outside the calibration set")
     choice = choose_method(candidates, score)
