@@ -10,7 +10,8 @@ import numpy as np
 def agreement_score(model, config, calibration_images: np.ndarray, images: np.ndarray, **convert_options):
     """score_fn(methods) for `choose_method`: convert `apply_methods(model, ...)` to int8 with
     `to_tflite(..., **convert_options)` on the same calibration images and return its pixel argmax
-    agreement with `model` (float) on `images`. Each call's recipe is kept in `score_fn.recipes`."""
+    agreement with `model` (float) on `images`. Each call's recipe and int8 file are kept in
+    `score_fn.recipes` and `score_fn.blobs`."""
     import tempfile
     from pathlib import Path
 
@@ -26,6 +27,7 @@ def agreement_score(model, config, calibration_images: np.ndarray, images: np.nd
                                           per_tensor=bool(convert_options.get("per_tensor", False)))
         blob = to_tflite(candidate, config, "int8", calibration_images, **convert_options)
         score_fn.recipes["+".join(methods) or "none"] = recipe
+        score_fn.blobs["+".join(methods) or "none"] = blob  # the winner's file is this one: no second conversion
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "candidate.tflite"
             path.write_bytes(blob)
@@ -33,5 +35,5 @@ def agreement_score(model, config, calibration_images: np.ndarray, images: np.nd
             preds = np.stack([class_map(runner.predict(image[None])[0]) for image in images])
         return float((preds == reference).mean())
 
-    score_fn.recipes = {}
+    score_fn.recipes, score_fn.blobs = {}, {}
     return score_fn

@@ -41,17 +41,20 @@ def method_files(run: Run) -> tuple[list[Artifact], dict]:
     section = {"requested": list(q.ptq_methods)}
     methods = tuple(q.ptq_methods)
     if methods == ("auto",):
-        choice = _auto(run)
+        choice, made = _auto(run)
         methods = tuple(choice["chosen"])
         section["auto"] = {k: v for k, v in choice.items() if k != "chosen"}
         say(f"--ptq-method auto: {'+'.join(methods) or 'the plain file'} scored best "
             f"({', '.join(f'{k} {100 * v:.2f}%' for k, v in choice['scores'].items())})")
         if not methods:
             return [], {**section, "chosen": [], "seconds": round(time.time() - t0, 1)}
-    say(f"post-training methods {', '.join(methods)} on the float graph, then int8 ({len(run.calib)} calibration samples)")
-    model, recipe = apply_methods(run.fixed, run.config, run.calib.images, methods, per_tensor=q.per_tensor)
-    blob = to_tflite(model, run.config, "int8", run.calib.images, io=q.io, per_tensor=q.per_tensor,
-                     range_percentile=q.range_percentile)
+        recipe, blob = made.recipes["+".join(methods)], made.blobs["+".join(methods)]
+    else:
+        say(f"post-training methods {', '.join(methods)} on the float graph, then int8 ({len(run.calib)} calibration "
+            "samples)")
+        model, recipe = apply_methods(run.fixed, run.config, run.calib.images, methods, per_tensor=q.per_tensor)
+        blob = to_tflite(model, run.config, "int8", run.calib.images, io=q.io, per_tensor=q.per_tensor,
+                         range_percentile=q.range_percentile)
     name = artifact_name(run.name, "int8", role="-".join(recipe["methods"]) or "ptq-methods")
     art = write_tflite(run, blob, name, "int8", "ptq", {"io": q.io, "weight_scales": weight_scales(q.per_tensor),
                                                          "ptq_methods": recipe["methods"]}, role=ALTERNATIVE)
@@ -59,7 +62,7 @@ def method_files(run: Run) -> tuple[list[Artifact], dict]:
                    "seconds": round(time.time() - t0, 1)}
 
 
-def _auto(run: Run) -> dict:
+def _auto(run: Run) -> tuple[dict, object]:
     """The plain file and AUTO_CANDIDATES (where they apply), scored by int8-vs-float agreement on
     training samples outside the calibration set (disjoint from the report's held-out samples)."""
     from exporter.ptq import NONE, applicable_methods, choose_method
@@ -70,7 +73,7 @@ def _auto(run: Run) -> dict:
     rng = np.random.default_rng(run.opts.schedule.seed)
     pick = np.sort(rng.choice(spare, size=min(AUTO_SLICE, len(spare)), replace=False)) if len(spare) else spare
     if not len(pick):  # every training sample calibrates: nothing disjoint to score on
-        return {"chosen": (), "scores": {}, "note": "no training sample outside the calibration set to score on"}
+        return {"chosen": (), "scores": {}, "note": "no training sample outside the calibration set to score on"}, None
     score = agreement_score(run.fixed, run.config, run.calib.images, run.splits.train.images[pick],
                             io=q.io, per_tensor=q.per_tensor, range_percentile=q.range_percentile)
     applicable = set(applicable_methods(run.fixed, per_tensor=q.per_tensor))
@@ -79,7 +82,7 @@ def _auto(run: Run) -> dict:
         f"on {len(pick)} training samples outside the calibration set")
     choice = choose_method(candidates, score)
     return {**choice, "scored_on": f"{len(pick)} training samples outside the calibration set",
-            "scored_ids": [run.splits.train.ids[i] for i in pick]}
+            "scored_ids": [run.splits.train.ids[i] for i in pick]}, score
 
 
 def _jsonable(value):
