@@ -34,7 +34,7 @@ def test_bad_data_leaves_no_artifact(run_cli, tmp_path, folder_dataset):
     result = run_cli("convert", "--model", "unet", "--int8", "--data", str(folder_dataset), "--out", "out",
                      "--input-size", "64")
     assert_one_line_error(result, "img02.png", "unreadable image")
-    assert not any((tmp_path / "out").rglob("*.tflite")) if (tmp_path / "out").exists() else True
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.tflite"))
 
 
 def test_debug_shows_traceback(run_cli):

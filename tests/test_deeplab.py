@@ -183,7 +183,7 @@ def test_backbone_and_head_follow_the_issue(model):
         conv = model.get_layer(name)
         assert conv.filters == CLASSES and conv.use_bias and conv.activation.__name__ == "linear"
     assert model.get_layer("decoder_aspp_logits").input.shape[1:3] == (SIZE // 8, SIZE // 8)
-    assert all(
+    assert _bn_layers(model) and all(
         layer.momentum == 0.9 and layer.epsilon == 1e-3 for layer in _bn_layers(model)
     )
 
@@ -275,6 +275,7 @@ def test_freeze_bn_runs_inference_mode_with_trainable_affine(model):
     for before, after in zip(moving, frozen.non_trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())
     bns = _bn_layers(frozen)
+    assert bns and len(moving) == 2 * len(bns)
     trainable = {id(w) for w in frozen.trainable_weights}
     assert all(id(layer.gamma) in trainable and id(layer.beta) in trainable for layer in bns)
     grads = tape.gradient(loss, [layer.gamma for layer in bns])

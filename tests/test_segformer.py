@@ -237,11 +237,15 @@ def test_encoder_only_checkpoint(tmp_path, hf_class):
     spec = get_spec("segformer")
     overrides = spec.config_from_weights(tmp_path)
     assert "labels" not in overrides  # no decoder, so no labels from the ImageNet id2label
-    assert overrides == ({"variant": "b0"} if not sizes else {**overrides, **sizes})
+    if sizes:  # custom sizes come through as options, each with the checkpoint's value
+        assert {k: list(overrides[k]) if isinstance(overrides[k], tuple) else overrides[k] for k in sizes} == sizes
+    else:
+        assert overrides == {"variant": "b0"}
     config = resolve_config("segformer", input_size=SIZE, **overrides)
     assert config.labels == LABELS
     model = build(config)
     fresh = [w.copy() for w in model.get_layer("dec_fuse").get_weights()]
+    assert fresh
     summary = spec.load_weights(model, tmp_path, config)
     assert summary["decoder"] == "fresh" and "classifier" in summary["fresh_layers"]
     assert all(np.array_equal(a, b) for a, b in zip(fresh, model.get_layer("dec_fuse").get_weights()))
@@ -250,7 +254,8 @@ def test_encoder_only_checkpoint(tmp_path, hf_class):
     encoder = hf_model if hf_class == "SegformerModel" else hf_model.segformer
     ref = _hf_forward(encoder, pixels, output_hidden_states=True).hidden_states
     stages = keras.Model(model.input, [model.get_layer(f"s{i}_ln").output for i in range(4)])
-    for ours, theirs in zip(stages(pixels, training=False), ref):
+    assert len(ref) == 4
+    for ours, theirs in zip(stages(pixels, training=False), ref, strict=True):
         assert _rel(ours.numpy(), theirs.numpy().transpose(0, 2, 3, 1)) <= 1e-4
     assert model(pixels, training=False).shape == (1, SIZE, SIZE, len(LABELS))
 
