@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from architectures import build, get_spec, list_models, resolve_config
+from architectures import build, get_spec, resolve_config
 from calibration.synthetic import synthetic_splits
-from support import small_config
 
 SIZE = 64
 
@@ -196,23 +195,3 @@ def test_keep_float_auto_adds_worst_layers_until_the_target_or_the_tries_run_out
     assert not strict["met"] and len(strict["keep_float"]) == 1
     lenient = keep_float_auto(fixed, config, None, heldout, max_miou_drop=1.0, max_class_drop=1.0, session=session)
     assert lenient["met"] and lenient["keep_float"] == []
-
-
-@pytest.mark.parametrize("name", list_models())
-def test_every_architecture_wraps_for_qat_with_a_reason_per_layer(name):
-    """QAT (the --qat path) accepts every registered architecture; whatever stays unquantised is
-    named with a reason, and nothing is left out of QAT (treatment "float")."""
-    from exporter.qat import qat_model
-
-    config = small_config(name)
-    model = build(config)
-    qat = qat_model(model, config)
-    info = qat.qat_info
-    folded = {f["bn"] for f in info.folded}
-    assert {r.layer for r in info.layers} == {layer.name for layer in model.layers}
-    assert all(r.reason for r in info.layers)
-    assert [r.layer for r in info.layers if r.treatment == "float"] == []
-    assert {r["layer"] for r in info.unquantised} >= folded
-    assert sum(r.quantizers for r in info.layers) > 0
-    pixels = np.random.default_rng(0).uniform(0, 255, (1, *config.input_size, 3)).astype(np.float32)
-    assert qat(pixels, training=False).shape == (1, *config.input_size, config.num_classes)
