@@ -1,6 +1,7 @@
 """Bad input through the real console script: one clear line, non-zero exit, no traceback."""
 
 import numpy as np
+import pytest
 
 
 def assert_one_line_error(result, *needles):
@@ -48,6 +49,7 @@ def test_corrupt_model_file_for_inspect(run_cli, tmp_path):
     assert_one_line_error(run_cli("inspect", str(bad)), "bad.tflite")
 
 
+@pytest.mark.slow
 def test_diverging_training_stops_with_one_line(run_cli, tmp_path):
     # The selfie model squares its features (no normalisation): a learning rate of 1 sends its
     # loss to NaN within the first steps. Nothing may be saved from NaN weights.

@@ -1,4 +1,8 @@
-"""Quantisation-aware training and per-layer quantisation error, at 64x64 on a small UNet."""
+"""Quantisation-aware training and per-layer quantisation error, at 64x64 on a small UNet.
+
+The tests on the trained UNet (fixture `trained`: two epochs on 120 scenes) are marked slow; every
+architecture's QAT wrap is in test_registry_contracts.py.
+"""
 
 import numpy as np
 import pytest
@@ -57,6 +61,7 @@ def test_batchnorm_folds_exactly_into_transposed_convs(deconv):
     assert np.abs(got - expected).max() < 1e-4, np.abs(got - expected).max()
 
 
+@pytest.mark.slow
 def test_batchnorm_fold_on_trained_model_is_exact(trained):
     from exporter.qat import fold_batchnorm
 
@@ -91,6 +96,7 @@ def qat_run(trained, qat):
     return qat, losses, blob, float_ops(blob)
 
 
+@pytest.mark.slow
 def test_every_layer_is_quantised_or_listed_with_a_reason(trained, qat):
     _, _, _, model = trained
     info = qat.qat_info
@@ -152,6 +158,7 @@ def test_qat_weights_line_up_with_the_batch1_rebuild(trained, qat_run):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_quant_debug_ranks_layers_and_keeps_chosen_ones_float(trained):
     from exporter.convert.signature import export_model
     from exporter.quant_debug import QuantDebugSession, selective_int8
@@ -173,6 +180,7 @@ def test_quant_debug_ranks_layers_and_keeps_chosen_ones_float(trained):
     assert full.full_integer and full.float_ops == []
 
 
+@pytest.mark.slow
 def test_keep_float_auto_adds_worst_layers_until_the_target_or_the_tries_run_out(trained):
     from exporter.convert.signature import export_model
     from exporter.quant_debug import QuantDebugSession, keep_float_auto

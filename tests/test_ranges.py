@@ -82,6 +82,7 @@ def _qdq_scales(blob: bytes) -> dict:
             if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
 
 
+@pytest.mark.slow
 def test_onnx_int8_gets_the_percentile_ranges_and_7_bit_weights(tmp_path):
     """The int8 ONNX file narrows activation ranges as the TFLite file does (input and output
     excepted, never wider, 0 kept) and keeps its weights in ORT's 7-bit range (no uint8 x int8
