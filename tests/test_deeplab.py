@@ -277,6 +277,7 @@ def test_freeze_bn_runs_inference_mode_with_trainable_affine(model):
 # --- TFLite --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_align_corners_65_float_tflite_matches_keras():
     """The seed's geometry in small (65 = 32*2+1, align-corners resizes) converts and matches Keras
     (the default half-pixel geometry: test_registry_contracts)."""
@@ -307,6 +308,7 @@ def int8_model(export_model):
     return converter.convert()
 
 
+@pytest.mark.slow
 def test_int8_tflite_has_no_hard_swish_builtin(int8_model):
     """Full integer with the hard-swishes decomposed (the file's integer contract for every
     architecture, on the pipeline's own file, is in test_registry_contracts)."""
@@ -324,6 +326,7 @@ def test_int8_tflite_has_no_hard_swish_builtin(int8_model):
     assert y.shape == (1, SIZE, SIZE, CLASSES) and y.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_int8_tflite_is_one_xnnpack_partition(int8_model):
     """The int8 graph is one XNNPACK subgraph: no op between its layers runs on LiteRT's own
     (reference) kernels; only the uint8 <-> int8 QUANTIZE at the input and output stay outside.
@@ -335,6 +338,7 @@ def test_int8_tflite_is_one_xnnpack_partition(int8_model):
     assert split == {"partitions": 1, "undelegated": {"QUANTIZE": 2}}, split
 
 
+@pytest.mark.slow
 def test_hard_swish_forms_agree_and_builtin_stays_available():
     """Both hard-swish forms compute relu6(x+3)/6*x to float rounding; "builtin" still gives
     TFLite's HARD_SWISH (the issue's form), which XNNPACK leaves out of an int8 graph."""

@@ -206,6 +206,7 @@ def small_model():
     return model
 
 
+@pytest.mark.slow
 def test_whole_network_matches_seed_at_256(small_model):
     ours = create_model("selfie")
     ref = seed_reference()
@@ -256,6 +257,7 @@ def test_tfmot_registry_lacks_only_multiply_reducesum_and_rescaling():
     assert all(cls in LAYER_CONFIGS for cls in unsupported)
 
 
+@pytest.mark.slow
 def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
     """In the full-integer file every op but SOFTMAX runs inside XNNPACK (LiteRT 2.3's XNNPACK has
     no int8 SOFTMAX): the squaring, weighting, SUM and gating MULs around the attention blocks,
@@ -283,6 +285,7 @@ def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
     assert split == {"partitions": 7, "undelegated": {"QUANTIZE": 2, "SOFTMAX": 7}}, split
 
 
+@pytest.mark.slow
 def test_fresh_weights_carry_signal_and_train_stably():
     """The registry's initialisers (see `architectures.selfie._init`): with Keras' defaults the
     attention stages saw features ~1e-6 and every gradient above the decoder underflowed; with
