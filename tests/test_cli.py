@@ -59,6 +59,7 @@ def test_diverging_training_stops_with_one_line(run_cli, tmp_path):
     assert not list((tmp_path / "out").rglob("weights.h5"))
 
 
+@pytest.mark.slow
 def test_op_bench_times_real_files(run_cli, tmp_path):
     result = run_cli("op-bench", "--op", "add", "--op", "conv1x1", "--size", "8", "--channels", "8",
                      "--json", "ops.json")

@@ -35,6 +35,7 @@ def test_percentile_outside_99_to_100_is_refused(bad):
         check_percentile(bad)
 
 
+@pytest.mark.slow
 def test_int8_path_without_narrowing_is_the_converters_own():
     """The calibrate -> rewrite -> quantise path, with nothing narrowed, gives the file the
     converter makes by itself: the same ops and the same outputs."""
