@@ -41,6 +41,9 @@ class ArchSpec:
     export_weights: Callable | None = None
     # Training defaults that suit this architecture on the synthetic data.
     learning_rate: float = 1e-3
+    # Optional: encoder_layers(model) -> the layers of a (pretrained) encoder, which
+    # `exporter train --freeze-epochs N` keeps frozen for the first N epochs.
+    encoder_layers: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)

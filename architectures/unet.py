@@ -89,6 +89,11 @@ def fold_decoder_bn_weights(model, fixed) -> None:
             layer.set_weights(source.get_weights())
 
 
+def encoder_layers(model) -> list:
+    """MobileNetV2's layers: everything but the decoder (`up*`) and the `logits` layer."""
+    return [layer for layer in model.layers if not layer.name.startswith("up") and layer.name != "logits"]
+
+
 register(
     ArchSpec(
         name="unet",
@@ -108,5 +113,6 @@ register(
         export_options={"deconv": "phases", "fold_decoder_bn": True},
         export_weights=fold_decoder_bn_weights,
         learning_rate=1e-3,
+        encoder_layers=encoder_layers,
     )
 )

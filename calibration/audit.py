@@ -132,6 +132,8 @@ def audit(spec: str, num_classes: int | None = None, *, workers: int | None = No
     layout_name, root = _parse(spec)
     if layout_name == "synthetic":
         raise DataError("synthetic: generated data needs no check; give a data folder")
+    if layout_name == "tfrecord":
+        raise DataError(f"{spec}: check-data reads image folders; TFRecord records are checked as train reads them")
     layout = open_layout(root, layout_name)
 
     images, masks, duplicates = list_files(layout)

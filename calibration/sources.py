@@ -1,7 +1,8 @@
 """Dataset sources: built-in synthetic scenes and image/mask folders on local disk.
 
 `load_splits(spec, ...)` is the one entry point. A spec is `synthetic`, a folder (layout
-detected), or `folder:DIR`, `pet:DIR`, `voc:DIR` to name the layout. Images are resized
+detected), `folder:DIR`, `pet:DIR`, `voc:DIR` to name the layout, or `tfrecord:DIR` (DeepLab's
+TFRecord shards, calibration.tfrecord). Images are resized
 bilinearly; masks with nearest neighbour only (bilinear invents labels along edges).
 """
 
@@ -22,6 +23,7 @@ from calibration.checks import (
     mask_array,
 )
 from calibration.dataset import SegData, Splits, split_by_id
+from calibration.stream import STREAM_ABOVE_BYTES, StreamedData, decoded_bytes
 from calibration.synthetic import synthetic_splits
 from exporter.errors import DataError
 
@@ -33,6 +35,7 @@ VOC_LABELS = (
     "train", "tvmonitor",
 )
 LAYOUTS = ("synthetic", "folder", "pet", "voc")
+TFRECORD = "tfrecord"  # not a folder layout: shards of records (calibration.tfrecord)
 
 
 def load_splits(
@@ -45,11 +48,19 @@ def load_splits(
     val_fraction: float = 0.2,
     max_samples: int | None = None,
     seed: int = 0,
+    stream: bool | None = False,
 ) -> Splits:
-    """Training and held-out samples at the model's input size."""
+    """Training and held-out samples at the model's input size. `stream` (folders only): read samples
+    from disk when used (calibration.stream) instead of decoding all now; None: when they would take
+    more than STREAM_ABOVE_BYTES decoded."""
     layout_name, root = _parse(spec)
     if layout_name == "synthetic":
         return synthetic_splits(train_samples, val_samples, size, num_classes, seed)
+    if layout_name == TFRECORD:
+        from calibration.tfrecord import load_tfrecord_splits
+
+        return load_tfrecord_splits(root, size, num_classes, _labels_file(root), val_fraction=val_fraction,
+                                    max_samples=max_samples, seed=seed)
     layout = open_layout(root, layout_name)
     pairs = _paired(layout)
     labels = layout.labels
@@ -60,7 +71,13 @@ def load_splits(
         num_classes = len(labels)
     if max_samples is not None:
         pairs = pairs[:max_samples]
-    data = _read_pairs(pairs, size, num_classes, labels, layout.value_map, f"{layout.name} folder {root}")
+    source = f"{layout.name} folder {root}"
+    if stream is None:
+        stream = decoded_bytes(len(pairs), size) > STREAM_ABOVE_BYTES
+    if stream:
+        data = StreamedData(pairs, size, num_classes, labels, layout.value_map, source)
+    else:
+        data = _read_pairs(pairs, size, num_classes, labels, layout.value_map, source)
     if layout.official_val is not None:
         val = np.array([i in layout.official_val for i in data.ids])
         if val.any() and not val.all():
@@ -128,7 +145,7 @@ def _parse(spec: str) -> tuple[str | None, Path | None]:
     if spec == "synthetic":
         return "synthetic", None
     layout, sep, rest = spec.partition(":")
-    if sep and layout in LAYOUTS[1:]:
+    if sep and layout in (*LAYOUTS[1:], TFRECORD):
         return layout, Path(rest)
     return None, Path(spec)
 

@@ -1,4 +1,5 @@
-"""Artifact names (the contract in DESIGN.md) and writes that never leave a partial file."""
+"""The record every stage returns for a file it made or measured, and writes that never leave a
+partial file. Artifact names are built in exporter.formats."""
 
 from __future__ import annotations
 
@@ -6,16 +7,8 @@ import contextlib
 import json
 import os
 import tempfile
+import dataclasses
 from pathlib import Path
-
-PRECISIONS = ("float32", "float16", "dynamic", "int8", "int16x8")
-FORMATS = {"tflite": ".tflite", "onnx": ".onnx"}
-
-
-def artifact_name(model: str, precision: str, fmt: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}")
-    return f"{model}_{precision}{FORMATS[fmt]}"
 
 
 @contextlib.contextmanager
@@ -41,3 +34,31 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_json(path: Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """One output file: what it is (format, precision, method, role), what it holds (facts: ops,
+    float ops, GPU compatibility, I/O type, ...) and what was measured on it (agreement, mIoU,
+    latency, ARM cost). Stages return new records (`measured`, `renamed`) rather than editing one;
+    the report's `artifacts` entries are `to_json()` (keys as DESIGN.md's report contract)."""
+
+    file: str
+    format: str
+    precision: str
+    method: str  # "none", "ptq" or "qat"
+    bytes: int
+    role: str | None = None  # exporter.formats.ALTERNATIVE / SELECTIVE; None: the shipped file of its variant
+    facts: dict = dataclasses.field(default_factory=dict)
+    measurements: dict = dataclasses.field(default_factory=dict)
+
+    def measured(self, **values) -> "Artifact":
+        return dataclasses.replace(self, measurements={**self.measurements, **values})
+
+    def renamed(self, file: str, role: str | None) -> "Artifact":
+        return dataclasses.replace(self, file=file, role=role)
+
+    def to_json(self) -> dict:
+        head = {"file": self.file, "format": self.format, "precision": self.precision, "method": self.method,
+                "bytes": self.bytes}
+        return {**head, **({"role": self.role} if self.role else {}), **self.facts, **self.measurements}

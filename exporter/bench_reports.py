@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     exporter = str(Path(sys.executable).parent / "exporter")
     for model in args.models:
-        cmd = [exporter, "convert", "--model", model, "--int8", "--out", str(args.out), *DEFAULT_RUNS.get(model, [])]
+        cmd = [exporter, "convert", "--model", model, "--precision", "int8", "--out", str(args.out), *DEFAULT_RUNS.get(model, [])]
         print("$ " + " ".join(["exporter", *cmd[1:]]), flush=True)
         if subprocess.run(cmd).returncode != 0:
             print(f"bench: {model} failed", file=sys.stderr)

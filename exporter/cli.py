@@ -10,8 +10,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from exporter.convert.ranges import DEFAULT_PERCENTILE
+from calibration.augment import DEFAULT_AUGMENT
 from exporter.errors import ExporterError
+from exporter.formats import parse_precisions, tflite_precisions
+from exporter.losses import DEFAULT_LOSS
+from exporter.options import BenchSpec, ConvertOptions, DataSpec, GateSpec, QuantSpec
+from exporter.schedules import DEFAULT_SCHEDULE
+from exporter.train import Schedule
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Export segmentation models to small, fast, validated TFLite and ONNX files.")
@@ -26,7 +31,8 @@ class IO(str, Enum):
 # Options shared by several commands, declared once.
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture name (see `exporter list-models`).")]
 DataOpt = Annotated[str, typer.Option(help="'synthetic', a folder (images/+masks/, Oxford-IIIT Pet or PASCAL VOC "
-                                          "layout), or folder:DIR / pet:DIR / voc:DIR.")]
+                                          "layout), folder:DIR / pet:DIR / voc:DIR, or tfrecord:DIR (DeepLab's "
+                                          "train-*.tfrecord and val-*.tfrecord shards).")]
 OutOpt = Annotated[Path, typer.Option(help="Output folder; files go to OUT/MODEL/.")]
 SizeOpt = Annotated[Optional[int], typer.Option("--input-size", help="Square input size (default: the model's).")]
 ClassesOpt = Annotated[Optional[int], typer.Option("--classes", help="Number of classes (default: the data's).")]
@@ -37,13 +43,36 @@ TrainSamplesOpt = Annotated[int, typer.Option(help="Synthetic training samples t
 ValSamplesOpt = Annotated[int, typer.Option(help="Synthetic held-out samples to generate.")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: initial weights, batch order and flips (same seed, data and "
                                            "code: the same weights and byte-identical files).")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and everything the libraries print.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's, the converter's and LiteRT's own "
+                                                            "messages (quiet by default).")]
+LossOpt = Annotated[str, typer.Option(help="Training loss: ce, dice, jaccard (iou), focal, or a weighted sum such as "
+                                           "ce+dice or 0.5*ce+dice; read from the model's logits or probabilities.")]
+ClassWeightsOpt = Annotated[Optional[str], typer.Option(
+    "--class-weights", help="Per-class loss weights w0,w1,... or 'auto' (inverse pixel frequency in the training split).")]
+LrScheduleOpt = Annotated[str, typer.Option("--lr-schedule", help="Learning rate per epoch: constant, cosine, "
+                                                                  "exponential (x0.9 an epoch) or plateau (halved "
+                                                                  "after 2 epochs without a better held-out mIoU).")]
+WarmupOpt = Annotated[int, typer.Option("--warmup-epochs", help="Epochs of linear warm-up to --lr before the schedule.")]
+AugmentOpt = Annotated[str, typer.Option(help="Augmentation: off (left-right flips only), light or standard, optionally "
+                                              "with overrides: standard,rotate=10,scale=0.2,brightness=0.1,contrast=0.1,"
+                                              "saturation=0.1,grayscale=0.05,hflip=0.5 (grayscale at most 0.2).")]
 
 _debug = False
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"exporter (segexport) {version('segexport')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: DebugOpt = False) -> None:
+def _root(debug: DebugOpt = False, verbose: VerboseOpt = False,
+          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     global _debug
     _debug = _debug or debug
 
@@ -67,148 +96,235 @@ def list_models_cmd() -> None:
 def train(
     model: ModelOpt,
     data: DataOpt = "synthetic",
-    epochs: EpochsOpt = 8,
+    epochs: EpochsOpt = Schedule.epochs,
     out: OutOpt = Path("runs"),
     input_size: SizeOpt = None,
     classes: ClassesOpt = None,
-    batch_size: BatchOpt = 16,
+    batch_size: BatchOpt = Schedule.batch_size,
     lr: LrOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT/MODEL/training.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace a training run already in OUT/MODEL/training (without it, a new run there refuses).")] = False,
     save_every: Annotated[int, typer.Option(
         "--save-every", help="Also checkpoint every N steps inside an epoch (0: at epoch ends only).")] = 0,
-    seed: SeedOpt = 0,
+    seed: SeedOpt = Schedule.seed,
     encoder_weights: Annotated[Optional[Path], typer.Option(
         help="Local pretrained encoder weights (e.g. ImageNet MobileNetV2 notop .h5), where the model has an encoder.")] = None,
     freeze_encoder: Annotated[Optional[bool], typer.Option(
         "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")] = None,
-    train_samples: TrainSamplesOpt = 400,
-    val_samples: ValSamplesOpt = 100,
+    train_samples: TrainSamplesOpt = DataSpec.train_samples,
+    val_samples: ValSamplesOpt = DataSpec.val_samples,
+    loss: LossOpt = DEFAULT_LOSS,
+    class_weights: ClassWeightsOpt = None,
+    lr_schedule: LrScheduleOpt = DEFAULT_SCHEDULE,
+    warmup_epochs: WarmupOpt = 0,
+    augment: AugmentOpt = DEFAULT_AUGMENT,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
+                                     "(default: stream when the decoded data would exceed 2 GiB).",
+        show_default=False)] = None,
+    freeze_epochs: Annotated[int, typer.Option(
+        "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
+                                "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")] = 0,
+    distribute: Annotated[str, typer.Option(
+        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")] = "none",
+    cpu_devices: Annotated[int, typer.Option(
+        "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")] = 0,
 ) -> None:
-    """Train a model; writes checkpoints, previews and OUT/MODEL/training/weights.h5.
+    """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
     A folder that already holds a run is never replaced without --overwrite; --resume continues it
     from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
+    from calibration.augment import parse_augment
     from calibration.sources import load_splits
-    from exporter.train import Schedule, claim_run_dir, seed_everything, train as run_training, training_dir
+    from exporter.distribute import make_strategy, scope
+    from exporter.losses import parse_loss
+    from exporter.schedules import check_schedule
+    from exporter.train import claim_run_dir, seed_everything, train as run_training, training_dir
 
     if resume and overwrite:
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
     if epochs < 1 or batch_size < 1 or save_every < 0:
         raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
+    # The recipe is checked before any slow work; class weights once the data gives the classes (in train).
+    parse_loss(loss)
+    check_schedule(lr_schedule, warmup_epochs, epochs)
+    parse_augment(augment)
+    if not 0 <= freeze_epochs < epochs:
+        raise ExporterError(f"--freeze-epochs {freeze_epochs}: must be at least 0 and below --epochs ({epochs})")
+    if freeze_epochs and freeze_encoder is not None:
+        raise ExporterError("--freeze-epochs freezes the encoder for its first epochs and then trains it; "
+                            "drop --freeze-encoder/--train-encoder")
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
+    strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
 
     options = {}
     if encoder_weights is not None:
         if not encoder_weights.is_file():
             raise ExporterError(f"{encoder_weights}: encoder weights file not found")
-        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": True if freeze_encoder is None else freeze_encoder}
+        # With --freeze-epochs the run freezes and unfreezes the encoder itself.
+        frozen = not freeze_epochs if freeze_encoder is None else freeze_encoder
+        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": frozen}
     elif freeze_encoder:
         options = {"freeze_encoder": True}
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
-    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples, val_samples=val_samples)
+    splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples,
+                         val_samples=val_samples, stream=stream)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
     seed_everything(seed)  # before the model is built: seeded initial weights
-    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every)
-    state = run_training(build(config), config, get_spec(model), splits, out, schedule, resume=resume,
-                         overwrite=overwrite, data_spec=data)
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
+                        loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                        augment=augment, freeze_epochs=freeze_epochs)
+    with scope(strategy):
+        network = build(config)
+    state = run_training(network, config, get_spec(model), splits, out, schedule, resume=resume,
+                         overwrite=overwrite, data_spec=data, strategy=strategy)
     last = state["history"][-1] if state["history"] else {}
     typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
                f"weights in {training_dir(out, model) / 'weights.h5'}")
 
 
+_Q, _D, _B, _S = QuantSpec(), DataSpec(), BenchSpec(), Schedule()  # every default is declared in these specs
+PtqMethodOpt = Annotated[Optional[str], typer.Option(
+    "--ptq-method", help="Post-training methods applied to the float graph before int8, comma-separated: "
+                         "cle, smoothquant, adaround, bias_correction (or bias_correction_act), or 'auto' (each "
+                         "applicable one and none tried on training samples outside the calibration set). Their "
+                         "file is measured beside the plain one; the better ships as MODEL_int8.tflite. Implies int8.")]
+
+# convert's options, declared once here so the command reads as its parameters.
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+        "--precision", help=f"TFLite precisions to write, comma-separated, from {', '.join(tflite_precisions())} "
+                            "(float32 is always written; int8 also writes int8 QDQ ONNX).")]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="Same as --precision int8.")]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Same as --precision float16 (for GPU delegates).")]
+DynamicOpt = Annotated[bool, typer.Option("--dynamic", help="Same as --precision dynamic.")]
+Int16x8Opt = Annotated[bool, typer.Option("--int16x8", help="Same as --precision int16x8.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Trained weights: a Keras .h5, a training folder written by "
+                                                         "`exporter train` (or its weights.h5), or the model's checkpoint "
+                                                         "folder. Without it, the finished run in OUT/MODEL/training is "
+                                                         "used, and only when there is none the model is trained first.")]
+IoOpt = Annotated[IO, typer.Option(help="Input/output type of the int8 file.")]
+PerTensorOpt = Annotated[bool, typer.Option(
+        "--per-tensor", help="Post-training int8/int16x8 weights with one scale per tensor instead of per output "
+                             "channel: smaller files for depthwise-heavy models, what some NPU/DSP delegates need; "
+                             "may cost accuracy.")]
+CalibrationSamplesOpt = Annotated[int, typer.Option(help="Representative training samples for int8 calibration.")]
+RangePercentileOpt = Annotated[float, typer.Option(
+        help="int8 activation ranges: each tensor's calibrated min/max narrowed to this percentile of its values "
+             "(outliers saturate, the rest round finer); 100 keeps TFLite's min/max.")]
+OnnxOpt = Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write a float32 ONNX file.")]
+BenchOpt = Annotated[bool, typer.Option("--bench/--no-bench", help="Measure latency.")]
+ThreadsOpt = Annotated[str, typer.Option(help="Thread counts to benchmark, comma-separated.")]
+ArmOpt = Annotated[Optional[str], typer.Option(
+        "--arm", help="ARM cores to emulate each TFLite file on (instructions per inference, agreement with the "
+                      f"host; needs `make arm-env`), comma-separated, or 'none' (default: {','.join(_B.arm)}; "
+                      "none with --no-bench).", show_default=False)]
+NoArmOpt = Annotated[bool, typer.Option("--no-arm", help="Skip the ARM emulation (same as --arm none).")]
+RequireGpuCompatibleOpt = Annotated[bool, typer.Option(
+        "--require-gpu-compatible", "--gpu",
+        help="Fail unless the float TFLite files are fully GPU-delegate compatible (a static check; nothing runs on "
+             "a GPU here). --gpu is its old name.")]
+StrictOpt = Annotated[bool, typer.Option(help="Exit non-zero when an accuracy check of a shipped file fails (CI gates).")]
+QatOpt = Annotated[bool, typer.Option("--qat", help="Also quantisation-aware training from the trained float model: "
+                                                     "the better of the QAT and post-training files on held-out data "
+                                                     "ships as MODEL_int8.tflite, the other keeps MODEL_int8_qat/_ptq. "
+                                                     "Implies int8.")]
+QatEpochsOpt = Annotated[int, typer.Option(help="QAT fine-tuning epochs.")]
+QatLrOpt = Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a hundredth of the model's training rate).")]
+QatTargetsOpt = Annotated[str, typer.Option(
+        "--qat-targets", help="What QAT fits: 'float' (the float model's class probabilities: the int8 model learns to compute "
+                              "what the float one does) or 'labels' (the ground-truth masks).")]
+KeepFloatOpt = Annotated[Optional[str], typer.Option(
+        "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "
+                             "worst-ranked layers that meet --max-miou-drop on held-out data) or LAYER,LAYER "
+                             "(names from `exporter inspect --quant`). Implies int8.")]
+MaxMiouDropOpt = Annotated[Optional[float], typer.Option(
+        help="--keep-float auto target: mIoU drop below float as a fraction, like every threshold "
+             "(0.001 = 0.1 point; default: the model's int8 target).")]
+KeepFloatTriesOpt = Annotated[int, typer.Option(help="--keep-float auto: at most this many layers kept float.")]
+LayerErrorsOpt = Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")]
+
+
 @app.command()
 def convert(
     model: ModelOpt,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write full-integer int8 TFLite (and QDQ ONNX).")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="Also write a float16-weight TFLite (for GPU delegates).")] = False,
-    dynamic: Annotated[bool, typer.Option("--dynamic", help="Also write a dynamic-range TFLite (int8 weights).")] = False,
-    int16x8: Annotated[bool, typer.Option("--int16x8", help="Also write an int16-activation, int8-weight TFLite.")] = False,
-    weights: Annotated[Optional[Path], typer.Option(help="Trained weights: a Keras .h5, a training folder written by "
-                                                         "`exporter train` (or its weights.h5), or the model's checkpoint "
-                                                         "folder. Without it, the finished run in OUT/MODEL/training is "
-                                                         "used, and only when there is none the model is trained first.")] = None,
-    data: DataOpt = "synthetic",
+    precision: PrecisionOpt = None,
+    int8: Int8Opt = False,
+    fp16: Fp16Opt = False,
+    dynamic: DynamicOpt = False,
+    int16x8: Int16x8Opt = False,
+    weights: WeightsOpt = None,
+    data: DataOpt = _D.source,
     out: OutOpt = Path("runs"),
-    io: Annotated[IO, typer.Option(help="Input/output type of the int8 file.")] = IO.uint8,
-    per_tensor: Annotated[bool, typer.Option(
-        "--per-tensor", help="Post-training int8/int16x8 weights with one scale per tensor instead of per output "
-                             "channel: smaller files for depthwise-heavy models, what some NPU/DSP delegates need; "
-                             "may cost accuracy.")] = False,
-    calibration_samples: Annotated[int, typer.Option(help="Representative training samples for int8 calibration.")] = 200,
-    range_percentile: Annotated[float, typer.Option(
-        help="int8 activation ranges: each tensor's calibrated min/max narrowed to this percentile of its values "
-             "(outliers saturate, the rest round finer); 100 keeps TFLite's min/max.")] = DEFAULT_PERCENTILE,
+    io: IoOpt = IO(_Q.io),
+    per_tensor: PerTensorOpt = _Q.per_tensor,
+    calibration_samples: CalibrationSamplesOpt = _Q.calibration_samples,
+    range_percentile: RangePercentileOpt = _Q.range_percentile,
     input_size: SizeOpt = None,
     classes: ClassesOpt = None,
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also write a float32 ONNX file.")] = True,
-    bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure latency.")] = True,
-    threads: Annotated[str, typer.Option(help="Thread counts to benchmark, comma-separated.")] = "1,2",
-    arm: Annotated[Optional[str], typer.Option(
-        "--arm", help="ARM cores to emulate each TFLite file on (instructions per inference, agreement with the "
-                      "host; needs `make arm-env`), comma-separated, or 'none' (default: cortex-a76,cortex-a55; "
-                      "none with --no-bench).", show_default=False)] = None,
-    no_arm: Annotated[bool, typer.Option("--no-arm", help="Skip the ARM emulation (same as --arm none).")] = False,
-    epochs: EpochsOpt = 6,
-    batch_size: BatchOpt = 16,
+    onnx: OnnxOpt = True,
+    bench: BenchOpt = _B.enabled,
+    threads: ThreadsOpt = ",".join(map(str, _B.threads)),
+    arm: ArmOpt = None,
+    no_arm: NoArmOpt = False,
+    epochs: EpochsOpt = _S.epochs,
+    batch_size: BatchOpt = _S.batch_size,
     lr: LrOpt = None,
-    train_samples: TrainSamplesOpt = 400,
-    val_samples: ValSamplesOpt = 100,
-    gpu: Annotated[bool, typer.Option("--gpu", help="Fail unless the float TFLite files are fully GPU-delegate compatible.")] = False,
-    strict: Annotated[bool, typer.Option(help="Exit non-zero when an accuracy check fails (for CI gates).")] = False,
-    qat: Annotated[bool, typer.Option("--qat", help="Quantisation-aware training from the trained float model: "
-                                                     "MODEL_int8.tflite comes from QAT, the post-training file is "
-                                                     "measured beside it as MODEL_int8_ptq.tflite. Implies --int8.")] = False,
-    qat_epochs: Annotated[int, typer.Option(help="QAT fine-tuning epochs.")] = 2,
-    qat_lr: Annotated[Optional[float], typer.Option("--qat-lr", help="QAT learning rate (default: a hundredth of the model's training rate).")] = None,
-    qat_targets: Annotated[str, typer.Option(
-        "--qat-targets", help="What QAT fits: 'float' (the float model's class probabilities: the int8 model learns to compute "
-                              "what the float one does) or 'labels' (the ground-truth masks).")] = "float",
-    keep_float: Annotated[Optional[str], typer.Option(
-        "--keep-float", help="Also write MODEL_int8_mixed.tflite with these layers in float: 'auto' (fewest of the "
-                             "worst-ranked layers that meet --max-miou-drop on held-out data) or LAYER,LAYER "
-                             "(names from `exporter inspect --quant`). Implies --int8.")] = None,
-    max_miou_drop: Annotated[Optional[float], typer.Option(
-        help="--keep-float auto target: mIoU points below float (default: the model's int8 target).")] = None,
-    keep_float_tries: Annotated[int, typer.Option(help="--keep-float auto: at most this many layers kept float.")] = 4,
-    layer_errors: Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")] = 10,
-    seed: SeedOpt = 0,
+    train_samples: TrainSamplesOpt = _D.train_samples,
+    val_samples: ValSamplesOpt = _D.val_samples,
+    require_gpu_compatible: RequireGpuCompatibleOpt = False,
+    strict: StrictOpt = False,
+    qat: QatOpt = _Q.qat,
+    qat_epochs: QatEpochsOpt = _Q.qat_epochs,
+    qat_lr: QatLrOpt = None,
+    qat_targets: QatTargetsOpt = _Q.qat_targets,
+    keep_float: KeepFloatOpt = None,
+    max_miou_drop: MaxMiouDropOpt = None,
+    keep_float_tries: KeepFloatTriesOpt = _Q.keep_float_tries,
+    ptq_method: PtqMethodOpt = None,
+    layer_errors: LayerErrorsOpt = _Q.layer_errors,
+    seed: SeedOpt = _S.seed,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
-    from exporter.arm.cost_stage import DEFAULT_CORES, parse_cores
+    from exporter.arm.cost_stage import parse_cores
     from exporter.errors import ParityError
-    from exporter.pipeline import ConvertOptions, convert as run_convert
+    from exporter.pipeline import convert as run_convert
+    from exporter.policy import strict_failures
     from exporter.report import recommended_lines, summary_table, verdict
-    from exporter.train import Schedule
 
-    try:
-        thread_counts = tuple(int(t) for t in threads.split(",") if t.strip())
-    except ValueError:
-        raise ExporterError(f"--threads {threads!r}: expected comma-separated integers such as 1,2") from None
-    arm_cores = () if no_arm else parse_cores(arm) if arm is not None else DEFAULT_CORES if bench else ()
+    arm_cores = () if no_arm else parse_cores(arm) if arm is not None else _B.arm if bench else ()
     report = run_convert(ConvertOptions(
-        model=model, onnx=onnx,
-        precisions=tuple(p for p, on in (("float32", True), ("float16", fp16), ("dynamic", dynamic),
-                                          ("int8", int8), ("int16x8", int16x8)) if on), weights=weights, data=data, out=out, io=io.value, per_tensor=per_tensor,
-        calibration_samples=calibration_samples, range_percentile=range_percentile, input_size=input_size, classes=classes,
-        threads=thread_counts, schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed),
-        train_samples=train_samples, val_samples=val_samples, bench=bench, arm=arm_cores, gpu=gpu,
-        command=_command_line(),
-        qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=None if max_miou_drop is None else max_miou_drop / 100,
-        keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
+        model=model, onnx=onnx, weights=weights, out=out, command=_command_line(),
+        precisions=parse_precisions(precision, {"int8": int8, "fp16": fp16, "dynamic": dynamic, "int16x8": int16x8}),
+        data=DataSpec(source=data, train_samples=train_samples, val_samples=val_samples, input_size=input_size,
+                      classes=classes),
+        schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed),
+        quant=QuantSpec(io=io.value, per_tensor=per_tensor, calibration_samples=calibration_samples,
+                        range_percentile=range_percentile, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
+                        qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=max_miou_drop,
+                        keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
+                        ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
+        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
+        gate=GateSpec(require_gpu_compatible=require_gpu_compatible, strict=strict),
     ))
-    typer.echo(summary_table(report))
     for check in report["checks"]:
         typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")
     for line in filter(None, recommended_lines(report)):
         typer.echo(line.replace("**", "").removeprefix("- "))
-    typer.echo(f"report: {out / report['model'] / 'report.md'}")
-    failed = [c for c in report["checks"] if not c["passed"] and c["kind"] == "accuracy"]
+    typer.echo(f"report: {out / report['model'] / 'report.md'}\n")
+    typer.echo(summary_table(report))  # last: what a user reads first
+    failed = strict_failures(report["checks"])
     if strict and failed:
         raise ParityError(f"{len(failed)} accuracy check(s) failed: {failed[0]['name']} ({failed[0]['detail']})")
+
+
+def _thread_counts(spec: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in spec.split(",") if t.strip())
+    except ValueError:
+        raise ExporterError(f"--threads {spec!r}: expected comma-separated integers such as 1,2") from None
 
 
 @app.command()
@@ -379,7 +495,7 @@ def main() -> None:
     """Console entry point: the one place errors are turned into a line and an exit code."""
     global _debug
     _debug = "--debug" in sys.argv
-    if not _debug:  # --debug shows everything the runtimes print
+    if not (_debug or "--verbose" in sys.argv):  # --verbose and --debug show everything the runtimes print
         from exporter.quiet import filter_native_stderr, quiet_library_warnings
 
         quiet_library_warnings()

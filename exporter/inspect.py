@@ -62,23 +62,14 @@ def _describe_onnx(path: Path) -> str:
     return "\n".join(lines)
 
 
-def quant_errors(path: Path, top: int = 15, samples: int = 32) -> str:
-    """`exporter inspect --quant FILE`: the worst layers of a post-training int8 file by int8 error.
-
-    FILE must sit in the folder `exporter convert` wrote: its report.json names the float model
-    (weights), the data, and how many calibration samples were drawn, so the same float model is
-    quantised with the same calibration samples and TFLite's QuantizationDebugger compares every
-    int8 op with the float op on held-out samples (never calibration ones).
-    """
+def _run_entry(path: Path) -> tuple[dict, dict]:
+    """(the report.json beside an int8 .tflite written by `exporter convert`, the file's entry in it)."""
     import json
 
-    path = Path(path)
     if not path.is_file():
         raise ExporterError(f"{path}: file not found")
     if path.suffix != ".tflite":
         raise ExporterError(f"{path}: --quant needs an int8 .tflite file written by `exporter convert`")
-    if top < 1 or samples < 1:
-        raise ExporterError(f"--top {top} --samples {samples}: both must be at least 1")
     report_path = path.parent / "report.json"
     if not report_path.is_file():
         raise ExporterError(f"{path}: no report.json beside it; --quant needs the folder `exporter convert` "
@@ -92,8 +83,24 @@ def quant_errors(path: Path, top: int = 15, samples: int = 32) -> str:
         raise ExporterError(f"{path}: not among the files of {report_path}")
     if entry["format"] != "tflite" or entry["precision"] != "int8":
         raise ExporterError(f"{path}: a {entry['precision']} file; --quant ranks the layers of an int8 file")
+    return report, entry
+
+
+def quant_errors(path: Path, top: int = 15, samples: int = 32) -> str:
+    """`exporter inspect --quant FILE`: the worst layers of a post-training int8 file by int8 error.
+
+    FILE must sit in the folder `exporter convert` wrote: its report.json names the float model
+    (weights), the data, and how many calibration samples were drawn, so the same float model is
+    quantised with the same calibration samples and TFLite's QuantizationDebugger compares every
+    int8 op with the float op on held-out samples (never calibration ones).
+    """
+    path = Path(path)
+    if top < 1 or samples < 1:
+        raise ExporterError(f"--top {top} --samples {samples}: both must be at least 1")
+    report, entry = _run_entry(path)
     if entry.get("method") == "qat":
-        ptq = f"{report['model']}_int8_ptq.tflite"
+        ptq = next((a["file"] for a in report["artifacts"] if a["format"] == "tflite" and a["precision"] == "int8"
+                    and a["method"] == "ptq" and a.get("role") != "selective"), "the post-training int8 file")
         raise ExporterError(f"{path}: a quantisation-aware-trained file; the debugger measures post-training "
                             f"quantisation of the float model, which is not how this file was made "
                             f"(inspect {ptq} for the post-training ranking)")
@@ -103,20 +110,21 @@ def quant_errors(path: Path, top: int = 15, samples: int = 32) -> str:
 
     from calibration.sampling import representative_indices
     from exporter.convert.signature import export_model
-    from exporter.pipeline import ConvertOptions, prepare_model
+    from exporter.pipeline import ConvertOptions, DataSpec, QuantSpec, prepare_model
     from exporter.quant_debug import ROUNDING_RMSE_OVER_SCALE, QuantDebugSession
 
     data = report["data"]
     requested = data.get("requested", {})
     h, w = report["input_shape"][1:3]
     cal = report["calibration"]
-    opts = ConvertOptions(model=report["model"], weights=_run_weights(path, report), data=data["spec"],
-                          input_size=h if h == w else None, classes=len(report["labels"]),
-                          train_samples=requested.get("train_samples", data["train_samples"]),
-                          val_samples=requested.get("val_samples", data["heldout_samples"]),
-                          calibration_samples=cal.get("requested", cal["samples"]))
+    opts = ConvertOptions(model=report["model"], weights=_run_weights(path, report),
+                          data=DataSpec(source=data["spec"], input_size=h if h == w else None,
+                                        classes=len(report["labels"]),
+                                        train_samples=requested.get("train_samples", data["train_samples"]),
+                                        val_samples=requested.get("val_samples", data["heldout_samples"])),
+                          quant=QuantSpec(calibration_samples=cal.get("requested", cal["samples"])))
     _, config, splits, model, _ = prepare_model(opts)
-    calib_idx, _ = representative_indices(splits.train, opts.calibration_samples)
+    calib_idx, _ = representative_indices(splits.train, opts.quant.calibration_samples)
     if len(calib_idx) != cal["samples"] or len(splits.val) != data["heldout_samples"]:
         raise ExporterError(f"{path}: the data {data['spec']} no longer gives the run's {cal['samples']} "
                             f"calibration and {data['heldout_samples']} held-out samples")

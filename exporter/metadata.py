@@ -107,7 +107,14 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
     if problems:
         raise ValueError("; ".join(problems))
 
-    # Input: an RGB image, its normalisation, and the value range the tensor sees.
+    image, masks = _input_metadata(md_fb, mean, std, io_types["input"]), _output_metadata(md_fb)
+    metadata_buffer = _model_metadata(md_fb, seg_fb, image, masks, activation, name, description, version,
+                                      author, license)
+    return _pack_model(model, metadata_buffer, {LABELS_FILE: "\n".join(labels).encode("utf-8")})
+
+
+def _input_metadata(md_fb, mean, std, input_type: str):
+    """An RGB image, its normalisation, and the value range the tensor sees."""
     image = md_fb.TensorMetadataT()
     image.name, image.description = _INPUT_NAME, _INPUT_DESCRIPTION
     image.content = md_fb.ContentT()
@@ -120,13 +127,16 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
     norm.options.mean, norm.options.std = list(mean), list(std)
     image.processUnits = [norm]
     image.stats = md_fb.StatsT()
-    if io_types["input"] == "uint8":
+    if input_type == "uint8":
         image.stats.min, image.stats.max = [0.0], [255.0]
-    elif io_types["input"] == "float32":
+    elif input_type == "float32":
         image.stats.min = [(0.0 - m) / s for m, s in zip(mean, std)]
         image.stats.max = [(255.0 - m) / s for m, s in zip(mean, std)]
+    return image
 
-    # Output: N grayscale masks, one per label, with the labels file attached.
+
+def _output_metadata(md_fb):
+    """N grayscale masks, one per label, with the labels file attached."""
     masks = md_fb.TensorMetadataT()
     masks.name, masks.description = _OUTPUT_NAME, _OUTPUT_DESCRIPTION
     masks.content = md_fb.ContentT()
@@ -140,7 +150,10 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
     labels_file.name, labels_file.description = LABELS_FILE, _LABELS_DESCRIPTION
     labels_file.type = md_fb.AssociatedFileType.TENSOR_AXIS_LABELS
     masks.associatedFiles = [labels_file]
+    return masks
 
+
+def _model_metadata(md_fb, seg_fb, image, masks, activation, name, description, version, author, license) -> bytes:
     # The segmenter options (activation) as a nested flatbuffer in the subgraph's custom metadata.
     options = seg_fb.ImageSegmenterOptionsT()
     options.activation = getattr(seg_fb.Activation, activation)
@@ -165,8 +178,7 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
     builder = _builder()
     builder.Finish(meta.Pack(builder), METADATA_FILE_IDENTIFIER)
     metadata_buffer = bytes(builder.Output())
-
-    return _pack_model(model, metadata_buffer, {LABELS_FILE: "\n".join(labels).encode("utf-8")})
+    return metadata_buffer
 
 
 def read_metadata(model_content: bytes) -> dict | None:

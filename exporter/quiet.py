@@ -5,7 +5,7 @@ descriptor 2 from C++ ("Could not find cuda drivers", "Created TensorFlow Lite X
 "fully_quantize: 0, ..."), which Python cannot redirect. `filter_native_stderr` points fd 2 at a
 pipe whose reader drops those lines and forwards everything else, while Python's own sys.stderr
 (progress bars, `say`, errors) writes to the real stream directly, so a terminal stays a terminal.
-`--debug` turns all of this off.
+`--verbose` and `--debug` turn all of this off.
 """
 
 from __future__ import annotations
@@ -40,9 +40,20 @@ def is_noise(line: bytes) -> bool:
     return bool(NOISE.match(line))
 
 
+# Python loggers of the libraries (tf2onnx logs every conversion step at INFO, TensorFlow and absl
+# their deprecation notes at WARNING): errors only, unless --verbose.
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "tf2onnx", "onnxruntime", "h5py", "matplotlib")
+
+
 def quiet_library_warnings() -> None:
+    """Library warnings and log lines off (called once, early, by the CLI entry; --verbose skips it)."""
+    import logging
+
     for category in (UserWarning, DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=_LIBRARY_WARNINGS)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines, before it loads
+    for name in _LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def filter_native_stderr() -> None:

@@ -2,7 +2,7 @@
 
 CPU: the TFLite file with the fewest ARM Cortex-A76 instructions per inference among those that
 meet the model's accuracy gate. The float32 file always meets it; any other file must have
-accuracy checks (agreement with float, mIoU, per-class IoU; exporter.pipeline.checks) and pass
+accuracy checks (agreement with float, mIoU, per-class IoU; exporter.policy) and pass
 them all, and, where its ARM outputs were compared with the host's, pass that too (the held-out
 accuracy was measured on host kernels). Without ARM counts the host latency decides, and the
 basis says so. GPU: the float16 file when written and fully GPU-delegate compatible, else float32.
@@ -10,22 +10,7 @@ basis says so. GPU: the float16 file when written and fully GPU-delegate compati
 
 from __future__ import annotations
 
-from exporter.targets import ARM_CORE
-
-
-def gate(report: dict, checks: list[dict]) -> dict[str, bool]:
-    """{TFLite file: whether it meets the model's accuracy gate}."""
-    out = {}
-    for art in report["artifacts"]:
-        if art["format"] != "tflite":
-            continue
-        mine = [c for c in checks if c.get("file") == art["file"] and c.get("accuracy_gate")]
-        if art["precision"] == "float32":
-            out[art["file"]] = True
-        else:  # a measured gate, all of it passed (an unevaluated ARM comparison neither passes nor fails)
-            out[art["file"]] = bool(mine) and all(c["passed"] is not False for c in mine) and any(
-                c["passed"] for c in mine)
-    return out
+from exporter.policy import ARM_CORE, gate
 
 
 def recommend(report: dict, checks: list[dict]) -> dict:

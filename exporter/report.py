@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 from exporter.artifacts import atomic_path, write_json
+from exporter.formats import recipe_name
+from exporter.policy import rival_label
 
 
 def _fmt(value, digits=4):
@@ -30,7 +32,7 @@ def summary_table(report: dict) -> str:
         size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "–"
         agreement = f"{100 * a['agreement']:.2f}%" if a.get("agreement") is not None else "–"
         delta = a.get("miou_delta")
-        method = a["method"] + (" (per-tensor)" if a.get("weight_scales") == "per-tensor" else "")
+        method = rival_label(a) + (" (per-tensor)" if a.get("weight_scales") == "per-tensor" else "")
         cells = [a["file"], a["precision"], method, size, agreement, _fmt(a.get("miou")),
                  f"{delta:+.4f}" if delta is not None else "–"]
         cells += [_fmt(_latency(a, t), 2) for t in threads]
@@ -56,6 +58,8 @@ def recommended_lines(report: dict) -> list[str]:
     if rec and rec.get("cpu"):
         lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU `{rec['gpu']}`.", "",
                   f"- CPU: {rec['cpu_basis']}.", f"- GPU: {rec['gpu_basis']}."]
+    if report.get("shipped_int8"):
+        lines += [f"- int8: {_shipped_line(report)}"]
     if report.get("arm_status"):
         lines += [f"- ARM: not measured ({report['arm_status']})."]
     return lines
@@ -150,6 +154,14 @@ def to_markdown(report: dict, figure: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _shipped_line(report: dict) -> str:
+    shipped = report.get("shipped_int8")
+    if not shipped:
+        return ""
+    return (f"`{shipped['file']}` is the {shipped['method']} file (chosen: {shipped['why']}); "
+            f"{', '.join(f'`{f}`' for f in shipped['others'])} is kept for this comparison.")
+
+
 def _by_role(report: dict) -> dict:
     """The int8 TFLite files by role: "ptq" (post-training), "qat", "selective" (layers kept float)."""
     out = {}
@@ -161,103 +173,149 @@ def _by_role(report: dict) -> dict:
 
 
 def _quantisation_sections(report: dict) -> list[str]:
-    q = report["quantisation"]
-    threads = report["benchmark"]["threads"]
-    files = _by_role(report)
     lines: list[str] = []
-    if "qat" in files and "ptq" in files:
-        ptq, qat = files["ptq"], files["qat"]
-        lines += ["## Post-training vs quantisation-aware int8", "",
-                  f"Both from the same trained float model and the same {report['calibration']['samples']} "
-                  f"calibration samples, measured on the same held-out samples; `{qat['file']}` (QAT) is the "
-                  "file to ship, the post-training file is kept for this comparison.", "",
-                  f"| | {ptq['file']} (ptq) | {qat['file']} (qat) |", "|---|---|---|",
-                  f"| mIoU | {_fmt(ptq['miou'])} | {_fmt(qat['miou'])} |",
-                  f"| ΔmIoU vs float | {ptq['miou_delta']:+.4f} | {qat['miou_delta']:+.4f} |",
-                  f"| agreement with float | {100 * ptq['agreement']:.2f}% | {100 * qat['agreement']:.2f}% |",
-                  f"| size | {ptq['bytes'] / 1e6:.2f} MB | {qat['bytes'] / 1e6:.2f} MB |"]
-        for t in threads:
-            lines.append(f"| median latency, {t} thread(s) | {_fmt(_latency(ptq, t), 2)} ms | "
-                         f"{_fmt(_latency(qat, t), 2)} ms |")
-        ref = report["reference"]["per_class_iou"]
-        for label in report["labels"]:
-            deltas = []
-            for a in (ptq, qat):
-                v, r = a["per_class_iou"].get(label), ref.get(label)
-                deltas.append(f"{v - r:+.4f}" if v is not None and r is not None else "–")
-            lines.append(f"| IoU Δ {label} | {deltas[0]} | {deltas[1]} |")
-        lines.append("")
-    if q.get("qat"):
-        t = q["qat"]
-        lines += ["## Quantisation-aware training", "",
-                  f"tfmot QAT from the trained float model: {t['epochs']} epoch(s) at learning rate "
-                  f"{t['learning_rate']:g}, batch {t['batch_size']}, {t['training_samples']} training samples "
-                  f"fitted to {t.get('targets', 'the ground-truth masks')} "
-                  f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "
-                  f"from the float model's on {t['ranges_calibrated_on']} calibration samples; "
-                  f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first"
-                  + (f", {t['frozen_batchnorms']} BatchNorm(s) held in inference mode (moving statistics) "
-                     "while fine-tuning" if t.get("frozen_batchnorms") else "") + ". "
-                  f"QAT ONNX: {t['onnx']}.", ""]
-    if q.get("unquantised") is not None:
-        lines += ["## Layers left unquantised", ""]
-        for f, rows in q["unquantised"].items():
-            if not rows:
-                lines += [f"- `{f}`: none (every op computes in int8)"]
-                continue
-            what = ("layers with no fake-quant point of their own in the QAT model (the int8 file has "
-                    "no float op: " + ("none" if not _art(report, f)["float_ops"] else
-                                       ", ".join(sorted(set(_art(report, f)["float_ops"])))) + ")"
-                    if _art(report, f)["method"] == "qat" else "kept in float")
-            lines += [f"- `{f}`: {len(rows)} {what}:"]
-            lines += [f"  - {r['layer']}" + (f" ({r['cls']})" if r["cls"] else "") + f": {r['reason']}"
-                      for r in rows]
-        lines.append("")
-    if q.get("layer_errors"):
-        le = q["layer_errors"]
-        lines += ["## Per-layer int8 error", "",
-                  f"The {len(le['worst'])} worst of {le['tensors']} quantised tensors, {le['metric']} "
-                  f"(rounding alone: {le['rounding_only']:.2f}), on {le['samples']} held-out samples "
-                  f"(never calibration samples). {le['method']}.", "",
-                  "| # | layer | op | RMSE/scale | RMSE | max abs error | scale |", "|---|---|---|---|---|---|---|"]
-        for i, r in enumerate(le["worst"], 1):
-            lines.append(f"| {i} | {r['layer']} | {r['op']} | {r['rmse_over_scale']:.3f} | {r['rmse']:.4g} | "
-                         f"{r['max_abs_error']:.4g} | {r['scale']:.4g} |")
-        lines.append("")
-    if q.get("keep_float"):
-        k = q["keep_float"]
-        lines += ["## Layers kept float", ""]
-        recipe = f"{report['model']}_int8_mixed.recipe.json"
-        kept = ", ".join(k["keep_float"]) or "none"
-        lines.append(f"Mode: {k['mode']}; kept float: {kept} (recipe: `{recipe}`).")
-        if k["mode"] == "auto":
-            per_class = (f" and no class more than {100 * k['max_class_drop']:g} IoU points below float"
-                         if k.get("max_class_drop") is not None else "")
-            lines.append(f"Target: held-out mIoU ≥ {k['target_miou']:.4f} (float {k['reference_miou']:.4f} − "
-                         f"{100 * k['max_miou_drop']:g} point){per_class}, at most {k['max_tries']} layers: "
-                         f"**{'met' if k['met'] else 'not met'}**.")
-        if k.get("note"):
-            lines.append(k["note"] + ".")
-        lines.append("")
-        if k["mode"] == "auto":
-            lines += ["| try | kept float | mIoU | ΔmIoU | worst class (points) | agreement | float ops |",
-                      "|---|---|---|---|---|---|---|"]
-            for i, t in enumerate(k["trials"]):
-                worst = f"{100 * t['worst_class_delta']:+.2f}" if "worst_class_delta" in t else "-"
-                lines.append(f"| {i} | {', '.join(t['keep_float']) or 'none'} | {t['miou']:.4f} | "
-                             f"{t['miou_delta']:+.4f} | {worst} | {100 * t['agreement']:.2f}% | {t['float_ops']} |")
-            lines.append("")
-        sel, full = files.get("selective"), files.get("ptq")
-        if sel and full:
-            for t in threads:
-                mine, theirs = _latency(sel, t), _latency(full, t)
-                if mine and theirs:
-                    lines.append(f"- latency cost, {t} thread(s): {mine:.2f} ms vs {theirs:.2f} ms for "
-                                 f"`{full['file']}` ({mine / theirs:.2f}×, same run)")
-            lines += [f"- size: {sel['bytes'] / 1e6:.2f} MB vs {full['bytes'] / 1e6:.2f} MB",
-                      f"- float ops inside: {', '.join(sorted(set(sel['float_ops']))) or 'none'}", ""]
+    for section in (_qat_comparison, _ptq_methods_section, _qat_section, _unquantised_section, _layer_error_section,
+                    _keep_float_section):
+        lines += section(report, report["quantisation"], report["benchmark"]["threads"], _by_role(report))
     return lines
 
+
+def _qat_comparison(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    lines: list[str] = []
+    if not ("qat" in files and "ptq" in files):
+        return lines
+    ptq, qat = files["ptq"], files["qat"]
+    lines += ["## Post-training vs quantisation-aware int8", "",
+              f"Both from the same trained float model and the same {report['calibration']['samples']} "
+              "calibration samples, measured on the same held-out samples. "
+              + _shipped_line(report), "",
+              f"| | {ptq['file']} (ptq) | {qat['file']} (qat) |", "|---|---|---|",
+              f"| mIoU | {_fmt(ptq['miou'])} | {_fmt(qat['miou'])} |",
+              f"| ΔmIoU vs float | {ptq['miou_delta']:+.4f} | {qat['miou_delta']:+.4f} |",
+              f"| agreement with float | {100 * ptq['agreement']:.2f}% | {100 * qat['agreement']:.2f}% |",
+              f"| size | {ptq['bytes'] / 1e6:.2f} MB | {qat['bytes'] / 1e6:.2f} MB |"]
+    for t in threads:
+        lines.append(f"| median latency, {t} thread(s) | {_fmt(_latency(ptq, t), 2)} ms | "
+                     f"{_fmt(_latency(qat, t), 2)} ms |")
+    ref = report["reference"]["per_class_iou"]
+    for label in report["labels"]:
+        deltas = []
+        for a in (ptq, qat):
+            v, r = a["per_class_iou"].get(label), ref.get(label)
+            deltas.append(f"{v - r:+.4f}" if v is not None and r is not None else "–")
+        lines.append(f"| IoU Δ {label} | {deltas[0]} | {deltas[1]} |")
+    lines.append("")
+    return lines
+
+
+def _ptq_methods_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    m = q.get("ptq_methods")
+    if not m:
+        return []
+    lines = ["## Post-training methods (--ptq-method)", "",
+             f"Asked for: {', '.join(m['requested'])}; applied: {', '.join(m['chosen']) or 'none (the plain file won)'}"
+             + (f", file `{m['file']}`" if m.get("file") else "") + f" ({m['seconds']:.0f} s)."]
+    auto = m.get("auto")
+    if auto:
+        lines += [f"`auto` scored each candidate's int8 agreement with float on {auto.get('scored_on', '-')}: "
+                  + ", ".join(f"{k} {100 * v:.2f}%" for k, v in auto["scores"].items()) + "."]
+    for name in (m.get("recipe") or {}).get("skipped", {}):
+        lines.append(f"- {name} skipped: {m['recipe']['skipped'][name]}")
+    lines += [f"- {name}: {m['recipe']['seconds'][name]} s" for name in (m.get("recipe") or {}).get("methods", [])]
+    return lines + [""]
+
+
+def _qat_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    lines: list[str] = []
+    if not (q.get("qat")):
+        return lines
+    t = q["qat"]
+    lines += ["## Quantisation-aware training", "",
+              f"tfmot QAT from the trained float model: {t['epochs']} epoch(s) at learning rate "
+              f"{t['learning_rate']:g}, batch {t['batch_size']}, {t['training_samples']} training samples "
+              f"fitted to {t.get('targets', 'the ground-truth masks')} "
+              f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "
+              f"from the float model's on {t['ranges_calibrated_on']} calibration samples; "
+              f"{len(t['folded_batchnorms'])} BatchNorm(s) folded into transposed convolutions first"
+              + (f", {t['frozen_batchnorms']} BatchNorm(s) held in inference mode (moving statistics) "
+                 "while fine-tuning" if t.get("frozen_batchnorms") else "") + ". "
+              f"QAT ONNX: {t['onnx']}.", ""]
+    return lines
+
+
+def _unquantised_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    lines: list[str] = []
+    if not (q.get("unquantised") is not None):
+        return lines
+    lines += ["## Layers left unquantised", ""]
+    for f, rows in q["unquantised"].items():
+        if not rows:
+            lines += [f"- `{f}`: none (every op computes in int8)"]
+            continue
+        what = ("layers with no fake-quant point of their own in the QAT model (the int8 file has "
+                "no float op: " + ("none" if not _art(report, f)["float_ops"] else
+                                   ", ".join(sorted(set(_art(report, f)["float_ops"])))) + ")"
+                if _art(report, f)["method"] == "qat" else "kept in float")
+        lines += [f"- `{f}`: {len(rows)} {what}:"]
+        lines += [f"  - {r['layer']}" + (f" ({r['cls']})" if r["cls"] else "") + f": {r['reason']}"
+                  for r in rows]
+    lines.append("")
+    return lines
+
+
+def _layer_error_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    lines: list[str] = []
+    if not (q.get("layer_errors")):
+        return lines
+    le = q["layer_errors"]
+    lines += ["## Per-layer int8 error", "",
+              f"The {len(le['worst'])} worst of {le['tensors']} quantised tensors, {le['metric']} "
+              f"(rounding alone: {le['rounding_only']:.2f}), on {le['samples']} held-out samples "
+              f"(never calibration samples). {le['method']}.", "",
+              "| # | layer | op | RMSE/scale | RMSE | max abs error | scale |", "|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(le["worst"], 1):
+        lines.append(f"| {i} | {r['layer']} | {r['op']} | {r['rmse_over_scale']:.3f} | {r['rmse']:.4g} | "
+                     f"{r['max_abs_error']:.4g} | {r['scale']:.4g} |")
+    lines.append("")
+    return lines
+
+
+def _keep_float_section(report: dict, q: dict, threads: list, files: dict) -> list[str]:
+    lines: list[str] = []
+    if not (q.get("keep_float")):
+        return lines
+    k = q["keep_float"]
+    lines += ["## Layers kept float", ""]
+    recipe = recipe_name(report["model"])
+    kept = ", ".join(k["keep_float"]) or "none"
+    lines.append(f"Mode: {k['mode']}; kept float: {kept} (recipe: `{recipe}`).")
+    if k["mode"] == "auto":
+        per_class = (f" and no class more than {100 * k['max_class_drop']:g} IoU points below float"
+                     if k.get("max_class_drop") is not None else "")
+        lines.append(f"Target: held-out mIoU ≥ {k['target_miou']:.4f} (float {k['reference_miou']:.4f} − "
+                     f"{100 * k['max_miou_drop']:g} point){per_class}, at most {k['max_tries']} layers: "
+                     f"**{'met' if k['met'] else 'not met'}**.")
+    if k.get("note"):
+        lines.append(k["note"] + ".")
+    lines.append("")
+    if k["mode"] == "auto":
+        lines += ["| try | kept float | mIoU | ΔmIoU | worst class (points) | agreement | float ops |",
+                  "|---|---|---|---|---|---|---|"]
+        for i, t in enumerate(k["trials"]):
+            worst = f"{100 * t['worst_class_delta']:+.2f}" if "worst_class_delta" in t else "-"
+            lines.append(f"| {i} | {', '.join(t['keep_float']) or 'none'} | {t['miou']:.4f} | "
+                         f"{t['miou_delta']:+.4f} | {worst} | {100 * t['agreement']:.2f}% | {t['float_ops']} |")
+        lines.append("")
+    sel, full = files.get("selective"), files.get("ptq")
+    if sel and full:
+        for t in threads:
+            mine, theirs = _latency(sel, t), _latency(full, t)
+            if mine and theirs:
+                lines.append(f"- latency cost, {t} thread(s): {mine:.2f} ms vs {theirs:.2f} ms for "
+                             f"`{full['file']}` ({mine / theirs:.2f}×, same run)")
+        lines += [f"- size: {sel['bytes'] / 1e6:.2f} MB vs {full['bytes'] / 1e6:.2f} MB",
+                  f"- float ops inside: {', '.join(sorted(set(sel['float_ops']))) or 'none'}", ""]
+    return lines
 
 def _art(report: dict, name: str) -> dict:
     return next(a for a in report["artifacts"] if a["file"] == name)

@@ -1,15 +1,18 @@
-"""Training that never loses a run: Adam on sparse cross-entropy, atomic checkpoints, exact resume.
+"""Training that never loses a run: Adam on the chosen loss, atomic checkpoints, exact resume.
 
 A training run lives in `<out>/<model>/training/`: `checkpoints/` (model, optimiser state and the
 position in the schedule: epoch and step), `previews/epoch_NNN.png` (image | true mask | predicted
-mask, the seed's display callback as files), `weights.h5` (the final float weights, what `convert`
+mask, the seed's display callback as files), `curves.png` (loss, held-out mIoU and learning rate
+per epoch), `weights.h5` (the final float weights, what `convert`
 loads) and `state.json` (model config, data, schedule, per-epoch metrics, `finished`).
 
 What a user trained is never deleted: a new run into a folder that holds one refuses (use
 `--resume`, another `--out`, or `--overwrite`). A run killed at any moment (SIGKILL included)
 resumes from its last checkpoint, written at every epoch end and every `save_every` steps; the
-epoch order and flips of epoch e depend only on (seed, e), so a resumed run sees exactly the
-batches an uninterrupted one would have seen.
+epoch order, flips and augmentation of epoch e depend only on (seed, e), and its learning rate only
+on e and the history before it, so a resumed run sees exactly the batches and rates an
+uninterrupted one would have seen. The recipe (loss, class weights, schedule, augmentation) is part
+of the run: --resume with another recipe refuses.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.dataset import IGNORE_LABEL, Splits
+from calibration.augment import DEFAULT_AUGMENT, Augment, apply as apply_augment, draw_epoch, parse_augment
+from calibration.dataset import Splits
 from exporter.artifacts import atomic_path, write_json
 from exporter.errors import ExporterError
+from exporter.losses import DEFAULT_LOSS, make_loss, parse_class_weights
 from exporter.progress import make_progress, say
+from exporter.schedules import DEFAULT_SCHEDULE, learning_rate as scheduled_rate
 
 WEIGHTS_FILE = "weights.h5"
+CURVES_FILE = "curves.png"
 STATE_FILE = "state.json"
 CHECKPOINTS = "checkpoints"
 
@@ -43,9 +50,19 @@ class Schedule:
     learning_rate: float | None = None  # None: the architecture's default
     seed: int = 0
     save_every: int = 0  # also checkpoint every this many steps inside an epoch; 0: at epoch ends only
+    # The recipe (see RECIPE): what a resumed run must share with the run it continues.
+    loss: str = DEFAULT_LOSS  # exporter.losses spec, e.g. "ce", "0.5*ce+dice"
+    class_weights: str | None = None  # "w1,w2,...", "auto" or None (all 1)
+    lr_schedule: str = DEFAULT_SCHEDULE  # exporter.schedules.SCHEDULES
+    warmup_epochs: int = 0
+    augment: str = DEFAULT_AUGMENT  # calibration.augment spec, e.g. "standard,grayscale=0.05"
+    freeze_epochs: int = 0  # the encoder (ArchSpec.encoder_layers) frozen for this many epochs, then trained
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+RECIPE = ("loss", "class_weights", "lr_schedule", "warmup_epochs", "augment", "freeze_epochs")
 
 
 def training_dir(out: Path, model_name: str) -> Path:
@@ -148,13 +165,13 @@ def claim_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
 # Training
 
 
-def compile_for_training(model, output: str, learning_rate: float):
+def compile_for_training(model, output: str, learning_rate: float, loss: str = DEFAULT_LOSS,
+                         class_weights: list[float] | None = None):
+    """Adam on `loss` (an exporter.losses spec) read from the head's `output` (logits or softmax)."""
     from exporter.keras import keras
 
-    loss = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=(output == "logits"), ignore_class=IGNORE_LABEL
-    )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    loss_fn = make_loss(loss, output, model.output_shape[-1], class_weights)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss_fn)
     return model
 
 
@@ -205,21 +222,34 @@ def _dataset(splits: Splits, batch_size: int, seed: int):
     return ds.batch(batch_size).prefetch(2)
 
 
-def epoch_batches(splits: Splits, batch_size: int, seed: int, epoch: int, start_step: int = 0):
-    """Epoch `epoch`'s batches from `start_step` on: order and left-right flips drawn from (seed, epoch)
-    alone, so a resumed epoch replays exactly the batches an uninterrupted run would see."""
+def epoch_batches(splits: Splits, batch_size: int, seed: int, epoch: int, start_step: int = 0,
+                  augment: Augment | None = None):
+    """Epoch `epoch`'s batches from `start_step` on: order, flips and augmentation drawn from
+    (seed, epoch) alone, so a resumed epoch replays exactly the batches an uninterrupted run would see."""
     train = splits.train
+    augment = augment or parse_augment(DEFAULT_AUGMENT)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(train))
-    flips = rng.random(len(train)) < 0.5
+    draws = draw_epoch(augment, len(train), seed, epoch, rng.random(len(train)))
     for start in range(start_step * batch_size, len(train), batch_size):
         idx = order[start : start + batch_size]
         images = train.images[idx].astype(np.float32)
         masks = train.masks[idx].astype(np.int32)
-        flip = flips[start : start + batch_size]
-        images[flip] = images[flip][:, :, ::-1]
-        masks[flip] = masks[flip][:, :, ::-1]
+        images, masks = apply_augment(augment, draws, range(start, start + len(idx)), images, masks)
         yield images, masks[..., None]
+
+
+def evaluate(model, val, num_classes: int, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(confusion matrix over the held-out samples, predicted mask of the first), a batch at a time so
+    streamed data is never held whole."""
+    from exporter.parity import confusion
+
+    cm, first = np.zeros((num_classes, num_classes), np.int64), None
+    for start in range(0, len(val), batch_size):
+        pred = predict_masks(model, val.images[start : start + batch_size], batch_size)
+        cm += confusion(val.masks[start : start + batch_size], pred, num_classes)
+        first = pred[0] if first is None else first
+    return cm, first
 
 
 def predict_masks(model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -238,6 +268,72 @@ def write_preview(path: Path, image: np.ndarray, mask: np.ndarray, pred: np.ndar
     row = np.concatenate([image, colourise(mask, num_classes), colourise(pred, num_classes)], axis=1)
     with atomic_path(path) as tmp:
         Image.fromarray(row).save(tmp, format="PNG")
+
+
+def write_curves(path: Path, history: list[dict], title: str) -> None:
+    """Loss, held-out mIoU and learning rate per epoch, one panel each, as a PNG (rewritten every epoch,
+    so a killed run still has its curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    figure = Figure(figsize=(9, 2.8), dpi=100, layout="constrained")
+    panels = (("loss", "training loss"), ("val_miou", "held-out mIoU"), ("lr", "learning rate"))
+    for axes, (key, name) in zip(figure.subplots(1, 3), panels):
+        # Runs from before the learning rate was recorded have no "lr": that panel stays empty.
+        points = [(e, h[key]) for e, h in zip(epochs, history) if h.get(key) is not None]
+        if points:
+            axes.plot(*zip(*points), marker="o")
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+class _Encoder:
+    """--freeze-epochs: the encoder's layers frozen, then trained. The optimiser is built over every
+    trainable variable first, so its state (and a checkpoint's) is the same frozen or not."""
+
+    def __init__(self, model, spec, freeze_epochs: int, strategy=None):
+        self.model, self.frozen, self.strategy = model, None, strategy
+        self.layers = []
+        if not freeze_epochs:
+            return
+        if spec.encoder_layers is None:
+            raise ExporterError(f"--freeze-epochs: {spec.name} has no pretrained encoder to freeze")
+        self.layers = [layer for layer in spec.encoder_layers(model) if layer.weights]
+        for layer in self.layers:
+            layer.trainable = True
+        model.optimizer.build(model.trainable_variables)
+
+    def set_frozen(self, frozen: bool) -> None:
+        if not self.layers or frozen == self.frozen:
+            return
+        for layer in self.layers:
+            layer.trainable = not frozen
+        from exporter.distribute import scope
+
+        # Keras fixes the trainable variables when it compiles: recompile, keeping the optimiser.
+        with scope(self.strategy):
+            self.model.compile(optimizer=self.model.optimizer, loss=self.model.loss)
+        self.frozen = frozen
+        say(f"encoder {'frozen' if frozen else 'unfrozen'} ({len(self.layers)} layers)")
+
+
+def _check_same_recipe(previous: dict, schedule: Schedule, run_dir: Path) -> None:
+    """--resume continues a run with its own recipe; another recipe would be another run."""
+    defaults = Schedule()
+    for name in RECIPE:
+        before, now = previous.get(name, getattr(defaults, name)), getattr(schedule, name)
+        if before != now:
+            option = "--" + name.replace("_", "-")
+            raise ExporterError(f"{run_dir}: that run was trained with {option} {before}, not {now}; "
+                                f"resume with {option} {before}, or use another --out")
 
 
 class _Checkpoints:
@@ -276,19 +372,20 @@ class _Checkpoints:
 
 
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
-          overwrite: bool = False, data_spec: str = "synthetic") -> dict:
-    """Train `model` in place into OUT/MODEL/training; returns the state written to state.json."""
-    from exporter.parity import confusion, miou_from_confusion
+          overwrite: bool = False, data_spec: str = "synthetic", strategy=None) -> dict:
+    """Train `model` in place into OUT/MODEL/training; returns the state written to state.json.
+    `strategy` (exporter.distribute): the one `model` was built under; its batches are split across replicas."""
+    from exporter.distribute import scope
+    from exporter.parity import miou_from_confusion
 
     run_dir = training_dir(out, config.name)
     claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
     lr = schedule.learning_rate or spec.learning_rate
-    compile_for_training(model, spec.output, lr)
-    ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
+    augment = parse_augment(schedule.augment)
+    class_weights = parse_class_weights(schedule.class_weights, config.num_classes, splits.train.masks)
     fingerprint = {"model": config.to_json(), "data": data_spec}
-    state = {"fingerprint": fingerprint, "schedule": schedule.to_json(), "epochs_done": 0, "history": [],
-             "finished": False}
-    start_epoch = start_step = 0
+    state = {"fingerprint": fingerprint, "schedule": schedule.to_json(), "class_weights": class_weights,
+             "epochs_done": 0, "history": [], "finished": False}
     if resume:
         previous = find_run(run_dir)
         if previous is None:
@@ -296,6 +393,13 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
         if previous.state["fingerprint"] != fingerprint:
             raise ExporterError(f"{run_dir}: that run was trained with a different model or data; "
                                 "use another --out or drop --resume")
+        _check_same_recipe(previous.state.get("schedule", {}), schedule, run_dir)
+    with scope(strategy):
+        compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
+        encoder = _Encoder(model, spec, schedule.freeze_epochs, strategy)
+    ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
+    start_epoch = start_step = 0
+    if resume:
         start_epoch, start_step = ckpt.restore()
         # state.json is written just before each checkpoint: keep only what the checkpoint holds.
         history = [h for h in previous.state["history"] if h["epoch"] <= start_epoch]
@@ -306,8 +410,13 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
 
     steps = int(np.ceil(len(splits.train) / schedule.batch_size))
     say(f"training {config.name} at {config.input_size[0]}x{config.input_size[1]} on "
-        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}, "
-        f"seed {schedule.seed}")
+        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}"
+        + (f" ({schedule.lr_schedule}" + (f", {schedule.warmup_epochs} warm-up" if schedule.warmup_epochs else "") + ")"
+           if schedule.lr_schedule != DEFAULT_SCHEDULE or schedule.warmup_epochs else "")
+        + f", loss {schedule.loss}" + (f" (class weights {class_weights})" if class_weights else "")
+        + (f", augment {schedule.augment}" if schedule.augment != DEFAULT_AUGMENT else "")
+        + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else "")
+        + f", seed {schedule.seed}")
 
     def save(epoch: int, step: int) -> None:
         write_json(run_dir / STATE_FILE, state)
@@ -320,24 +429,29 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
             started = time.time()
             losses = []
             first = start_step if epoch == start_epoch else 0
+            # Set every epoch (also the first after a resume): the checkpoint's rate is not trusted.
+            epoch_lr = scheduled_rate(schedule.lr_schedule, lr, epoch, schedule.epochs, schedule.warmup_epochs,
+                                      state["history"], schedule.freeze_epochs)
+            model.optimizer.learning_rate.assign(epoch_lr)
+            encoder.set_frozen(epoch < schedule.freeze_epochs)
             for step, (images, masks) in enumerate(
-                    epoch_batches(splits, schedule.batch_size, schedule.seed, epoch, first), start=first):
+                    epoch_batches(splits, schedule.batch_size, schedule.seed, epoch, first, augment), start=first):
                 loss = float(model.train_on_batch(images, masks))
-                check_loss(loss, epoch, step, lr)
+                check_loss(loss, epoch, step, epoch_lr)
                 losses.append(loss)
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {loss:.3f}")
                 if schedule.save_every and (step + 1) % schedule.save_every == 0 and step + 1 < steps:
                     save(epoch, step + 1)
-            pred = predict_masks(model, splits.val.images)
-            cm = confusion(splits.val.masks, pred, config.num_classes)
+            cm, first_pred = evaluate(model, splits.val, config.num_classes)
             # The loss of a resumed epoch is over the steps run since the resume.
             record = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan"),
-                      "val_miou": miou_from_confusion(cm), "seconds": round(time.time() - started, 1)}
+                      "val_miou": miou_from_confusion(cm), "lr": epoch_lr, "seconds": round(time.time() - started, 1)}
             state["history"].append(record)
             state["epochs_done"] = epoch + 1
             save(epoch + 1, 0)
             write_preview(run_dir / "previews" / f"epoch_{epoch + 1:03d}.png", splits.val.images[0],
-                          splits.val.masks[0], pred[0], config.num_classes)
+                          splits.val.masks[0], first_pred, config.num_classes)
+            write_curves(run_dir / CURVES_FILE, state["history"], f"{config.name}, loss {schedule.loss}")
             say(f"epoch {epoch + 1}/{schedule.epochs}: loss {record['loss']:.4f}, "
                 f"held-out mIoU {record['val_miou']:.4f}")
     with atomic_path(run_dir / WEIGHTS_FILE) as tmp:

@@ -93,17 +93,11 @@ def check_gates(gates: dict[str, float], where: str) -> dict[str, float]:
     return gates
 
 
-def model_gates(model: str) -> dict[str, float]:
-    """The model's int8 targets (exporter.targets) as gates."""
-    from exporter.targets import targets_for
-
-    t = targets_for(model)
-    return {"agreement": t.min_agreement, "miou_delta": -t.max_miou_drop, "class_iou_delta": -t.max_class_iou_drop}
-
-
 def resolve_gates(fail_below: str | None, gate_file: Path | None, model: str | None) -> tuple[dict, str]:
     """(gates, where they came from): the gate file, overridden metric by metric by --fail-below;
     the model's targets when neither is given; none otherwise."""
+    from exporter.policy import model_gates
+
     gates, sources = {}, []
     if gate_file is not None:
         gates.update(read_gate_file(gate_file))
@@ -112,7 +106,7 @@ def resolve_gates(fail_below: str | None, gate_file: Path | None, model: str | N
         gates.update(parse_fail_below(fail_below))
         sources.append("--fail-below")
     if not sources and model:
-        return model_gates(model), f"{model}'s int8 targets (exporter/targets.py)"
+        return model_gates(model), f"{model}'s int8 targets (exporter/policy.py)"
     return gates, " + ".join(sources) or "none (pass --fail-below, --gate, or --model for its targets)"
 
 

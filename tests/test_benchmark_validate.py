@@ -231,7 +231,7 @@ def test_validate_against_keras_weights_with_the_models_targets(files, run_cli, 
                      "--model", "unet", "--samples", "6", "--json", "k.json")
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads((tmp_path / "k.json").read_text())
-    from exporter.targets import targets_for
+    from exporter.policy import targets_for
 
     t = targets_for("unet")
     assert {g["metric"]: g["threshold"] for g in report["gates"]} == {

@@ -1,11 +1,12 @@
 """The whole slice for real: train on synthetic data, convert, validate, benchmark, report."""
 
+import dataclasses
 import json
 
 import pytest
 
 from exporter.arm import env as arm_env
-from exporter.pipeline import ConvertOptions, convert
+from exporter.pipeline import BenchSpec, ConvertOptions, DataSpec, QuantSpec, convert
 from exporter.train import Schedule
 
 pytestmark = pytest.mark.slow
@@ -18,9 +19,10 @@ ARTIFACT_KEYS = {"file", "format", "precision", "method", "bytes", "latency_ms",
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    opts = ConvertOptions(model="unet", precisions=("float32", "int8"), out=out, input_size=64, threads=(1,),
-                          schedule=Schedule(epochs=4, batch_size=16), train_samples=240, val_samples=40,
-                          calibration_samples=64, command="pytest")
+    opts = ConvertOptions(model="unet", precisions=("float32", "int8"), out=out, bench=BenchSpec(threads=(1,)),
+                          data=DataSpec(input_size=64, train_samples=240, val_samples=40),
+                          schedule=Schedule(epochs=4, batch_size=16), quant=QuantSpec(calibration_samples=64),
+                          command="pytest")
     return out, opts, convert(opts)
 
 
@@ -94,8 +96,8 @@ def test_arm_cost_and_recommended_files(unet_run):
 def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
     out, opts, first = unet_run
     capfd.readouterr()
-    second = convert(ConvertOptions(**{**opts.__dict__, "precisions": ("float32",), "onnx": False, "bench": False,
-                                       "arm": ()}))
+    second = convert(dataclasses.replace(opts, precisions=("float32",), onnx=False,
+                                         bench=BenchSpec(enabled=False, threads=(1,), arm=())))
     assert "using the model trained in" in capfd.readouterr().err
     assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
 

@@ -70,11 +70,29 @@ def manual_run(qat_run):
     return layer, out, json.loads((out / "report.json").read_text())
 
 
-def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
+def int8_files(report: dict) -> dict:
+    """{"qat": entry, "ptq": entry} of a --qat run's two full-integer files (not --keep-float's)."""
+    return {a["method"]: a for a in report["artifacts"]
+            if a["format"] == "tflite" and a["precision"] == "int8" and a.get("role") != "selective"}
+
+
+def test_qat_and_ptq_are_measured_side_by_side_and_the_better_ships(qat_run):
+    from exporter.policy import better_int8
+
     _, folder, report, result = qat_run
     arts = {a["file"]: a for a in report["artifacts"]}
-    qat, ptq = arts["unet_int8.tflite"], arts["unet_int8_ptq.tflite"]
-    assert qat["method"] == "qat" and ptq["method"] == "ptq" and ptq["role"] == "ptq-baseline"
+    qat, ptq = int8_files(report)["qat"], int8_files(report)["ptq"]
+    # The better held-out result under UNet's gate is MODEL_int8.tflite; the other keeps its suffix.
+    best, why = better_int8("unet", report["reference"]["per_class_iou"], [qat, ptq])
+    other = qat if best is ptq else ptq
+    assert best["file"] == "unet_int8.tflite" and "role" not in best
+    assert other["file"] == f"unet_int8_{other['method']}.tflite" and other["role"] == "alternative"
+    shipped = report["shipped_int8"]
+    assert shipped == {"file": "unet_int8.tflite", "method": best["method"],
+                       "from": f"unet_int8_{best['method']}.tflite", "why": why, "others": {other["file"]: other["method"]}}
+    assert set(arts) >= {"unet_int8.tflite", other["file"]} and f"unet_int8_{best['method']}.tflite" not in arts
+    assert f"unet_int8.tflite is the {best['method']} file" in result.stderr
+    assert report["quantisation"]["qat"]["file"] == qat["file"]
     for art in (qat, ptq):
         dtype, shape, floats = tflite_facts(folder / art["file"])
         assert dtype == np.uint8 and shape == (1, 64, 64, 3) and floats == [] and art["float_ops"] == []
@@ -93,12 +111,12 @@ def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
     assert q["targets"] == "the float model's class probabilities on the training images (distillation)"  # default
     assert q["frozen_batchnorms"] > 0
     assert "not written" in q["onnx"]
-    # The QAT file, not the PTQ baseline, is what --strict gates on.
+    # The shipped file, not the one measured beside it, is what --strict gates on.
     kinds = {c["name"].split(":")[0]: c["kind"] for c in report["checks"] if "agreement" in c["name"]}
-    assert kinds["unet_int8.tflite"] == "accuracy" and kinds["unet_int8_ptq.tflite"] == "reported"
+    assert kinds["unet_int8.tflite"] == "accuracy" and kinds[other["file"]] == "reported"
     md = (folder / "report.md").read_text()
-    assert "## Post-training vs quantisation-aware int8" in md
-    assert "| unet_int8.tflite | int8 | qat |" in md and "| unet_int8_ptq.tflite | int8 | ptq |" in md
+    assert "## Post-training vs quantisation-aware int8" in md and f"is the {best['method']} file (chosen: " in md
+    assert f"| {qat['file']} | int8 | qat |" in md and f"| {ptq['file']} | int8 | ptq |" in md
     for label in report["labels"]:
         assert f"| IoU Δ {label} |" in md
     ref = report["reference"]["per_class_iou"][report["labels"][0]]
@@ -109,8 +127,9 @@ def test_qat_ships_int8_and_measures_ptq_beside_it(qat_run):
 def test_unquantised_layers_are_listed_with_reasons(qat_run):
     _, folder, report, _ = qat_run
     unq = report["quantisation"]["unquantised"]
-    assert unq["unet_int8_ptq.tflite"] == []
-    qat_rows = {r["layer"]: r for r in unq["unet_int8.tflite"]}
+    files = int8_files(report)
+    assert unq[files["ptq"]["file"]] == []
+    qat_rows = {r["layer"]: r for r in unq[files["qat"]["file"]]}
     assert {"up0_bn", "up1_bn", "up2_bn"} <= set(qat_rows)  # folded into the transposed convs
     assert all(r["reason"] for r in qat_rows.values())
     records = {r["layer"]: r for r in report["quantisation"]["qat"]["layers"]}
@@ -186,7 +205,8 @@ def test_keep_float_manual_writes_a_selective_file_and_recipe(manual_run):
 
 def test_inspect_quant_reproduces_the_reports_ranking(manual_run, qat_run):
     root, folder, report, _ = qat_run
-    result = cli("inspect", "--quant", folder / "unet_int8_ptq.tflite", "--top", "5", "--samples", "16", cwd=root)
+    ptq = int8_files(report)["ptq"]["file"]
+    result = cli("inspect", "--quant", folder / ptq, "--top", "5", "--samples", "16", cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 5
@@ -200,12 +220,13 @@ def test_inspect_quant_reproduces_the_reports_ranking(manual_run, qat_run):
 
 
 def test_quant_bad_input_is_one_line(qat_run, tmp_path):
-    root, folder, _, _ = qat_run
-    assert_one_line_error(cli("inspect", "--quant", folder / "unet_int8.tflite", cwd=root),
-                          "quantisation-aware", "unet_int8_ptq.tflite")
+    root, folder, report, _ = qat_run
+    files = int8_files(report)
+    assert_one_line_error(cli("inspect", "--quant", folder / files["qat"]["file"], cwd=root),
+                          "quantisation-aware", files["ptq"]["file"])
     assert_one_line_error(cli("inspect", "--quant", folder / "unet_float32.tflite", cwd=root), "float32")
     lonely = tmp_path / "unet_int8.tflite"
-    lonely.write_bytes((folder / "unet_int8_ptq.tflite").read_bytes())
+    lonely.write_bytes((folder / files["ptq"]["file"]).read_bytes())
     assert_one_line_error(cli("inspect", "--quant", lonely, cwd=root), "no report.json")
     bad = cli("convert", "--model", "unet", "--weights", folder / "training" / "weights.h5", "--keep-float",
               "block_1_expand_rleu", *SMALL, "--out", "bad", cwd=tmp_path)

@@ -4,9 +4,8 @@ files follow exporter.recommend's rule."""
 import pytest
 
 from architectures import list_models
-from exporter.pipeline import checks
+from exporter.policy import Int8Targets, checks, targets_for
 from exporter.recommend import recommend
-from exporter.targets import Int8Targets, targets_for
 
 
 def arm(instructions, agreement=1.0, float32=None):
@@ -119,3 +118,26 @@ def test_a_class_losing_more_than_the_target_fails_even_when_the_mean_holds():
 def test_a_qat_file_is_held_to_the_qat_targets():
     results = checks(report("unet", {"background": 0.95, "person": 0.90}, method="qat", agreement=0.996), 1000)
     assert by_name(results, "agreement >= 99.5%")["passed"]
+
+
+def test_the_better_int8_file_ships_and_strict_gates_only_shipped_files():
+    from exporter.policy import better_int8, strict_failures
+
+    ref = {"background": 0.95, "person": 0.90}
+    ptq = {"file": "unet_int8_ptq.tflite", "method": "ptq", "agreement": 0.9990, "miou": 0.925, "miou_delta": -0.0,
+           "per_class_iou": {"background": 0.95, "person": 0.90}}
+    qat = {**ptq, "file": "unet_int8_qat.tflite", "method": "qat", "agreement": 0.9985}
+    best, why = better_int8("unet", ref, [qat, ptq])
+    assert best is ptq and "ptq meets" in why and "qat 99.850%" in why
+    # A file that passes the gate beats a higher-agreement one that loses a class.
+    lost_class = {**ptq, "agreement": 0.9995, "per_class_iou": {"background": 0.97, "person": 0.87}}
+    best, why = better_int8("unet", ref, [lost_class, qat])
+    assert best is qat and "(fails the gate)" in why
+    # Neither passes: the closer one, and the reason says so.
+    best, why = better_int8("unet", ref, [{**qat, "agreement": 0.95}, {**ptq, "agreement": 0.96}])
+    assert best["method"] == "ptq" and "fails too" in why
+    # --strict exits on a failed accuracy check of a shipped file, not on the one reported beside it.
+    rep = report("unet", {"background": 0.95, "person": 0.80})
+    assert strict_failures(checks(rep, 1000))
+    rep["artifacts"][1]["role"] = "alternative"
+    assert not strict_failures(checks(rep, 1000))

@@ -52,18 +52,6 @@ def representative(images: np.ndarray) -> Callable[[], Iterable[list[np.ndarray]
     return gen
 
 
-# What each precision stores and computes in; a recipe per precision below.
-PRECISION_NOTES = {
-    "float32": "float32 weights and activations",
-    "float16": "float16 weights, float32 compute on CPU (the GPU delegate's preferred input)",
-    "dynamic": "int8 weights, float activations (dynamic-range quantisation)",
-    "int8": "full-integer: int8 weights and activations",
-    "int16x8": "int8 weights, int16 activations",
-}
-# Precisions whose conversion needs representative samples.
-CALIBRATED = {"int8", "int16x8"}
-
-
 def weight_scales(per_tensor: bool) -> str:
     """How int8 weights are scaled, as the report names it.
 
@@ -76,51 +64,73 @@ def weight_scales(per_tensor: bool) -> str:
     return "per-tensor" if per_tensor else "per-channel"
 
 
+# One recipe per precision; the format table (exporter.formats) names them. A recipe sets the
+# converter's options: configure(converter, tf, io).
+def configure_float32(converter, tf, io: str) -> None:
+    pass
+
+
+def configure_float16(converter, tf, io: str) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def configure_dynamic(converter, tf, io: str) -> None:
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def configure_int8(converter, tf, io: str) -> None:
+    # Only integer kernels allowed: a float op left behind fails here instead of hiding.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io not in IO_TYPES:
+        raise ConversionError(f"unknown --io {io!r}; choose one of {', '.join(IO_TYPES)}")
+    if io != "float":
+        converter.inference_input_type = getattr(tf, io)
+        converter.inference_output_type = getattr(tf, io)
+
+
+def convert_int8(converter, calibration_images, io: str, range_percentile: float) -> bytes:
+    """Percentile activation ranges (below 100), then cheap uint8 edges (uint8 I/O)."""
+    if check_percentile(range_percentile) < 100.0:
+        blob = _int8_with_ranges(converter, calibration_images, range_percentile, io)
+    else:
+        blob = converter.convert()
+    return uint8_edges(blob) if io == "uint8" else blob
+
+
+def configure_int16x8(converter, tf, io: str) -> None:
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+
+
 def to_tflite(model, config, precision: str, calibration_images: np.ndarray | None = None,
               io: str = "uint8", per_tensor: bool = False, range_percentile: float = DEFAULT_PERCENTILE) -> bytes:
-    """Convert a batch-1 Keras model at one precision (float I/O except for int8's `io`).
+    """Convert a batch-1 Keras model at one precision of the format table (float I/O except int8's `io`).
 
     `per_tensor`: one int8 scale per weight tensor instead of one per output channel (see
     `weight_scales`). `range_percentile`: int8 activation ranges narrowed to this percentile of
     the calibration samples' values (`exporter.convert.ranges`; 100 keeps TFLite's min/max).
     """
+    from exporter.formats import variant
     from exporter.keras import tf
 
-    if precision in CALIBRATED:
+    try:
+        row = variant("tflite", precision)
+    except ValueError:
+        raise ConversionError(f"unknown precision {precision!r}") from None
+    if row.calibrated:
         converter = calibrated_converter(model, config, calibration_images, per_tensor, what=f"{precision} conversion")
     else:
         converter = _converter(model, config)
-        if precision != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if precision == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        # Only integer kernels allowed: a float op left behind fails here instead of hiding.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io not in IO_TYPES:
-            raise ConversionError(f"unknown --io {io!r}; choose one of {', '.join(IO_TYPES)}")
-        if io != "float":
-            converter.inference_input_type = getattr(tf, io)
-            converter.inference_output_type = getattr(tf, io)
-    elif precision == "int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
-        ]
-    elif precision not in ("float32", "dynamic"):
-        raise ConversionError(f"unknown precision {precision!r}")
+    row.configure(converter, tf, io)
     try:
-        if precision == "int8" and check_percentile(range_percentile) < 100.0:
-            blob = _int8_with_ranges(converter, calibration_images, range_percentile, io)
-        else:
-            blob = converter.convert()
+        if row.convert is not None:
+            return row.convert(converter, calibration_images, io, range_percentile)
+        return converter.convert()
     except ConversionError:
         raise
     except Exception as exc:  # the converter raises many types; the message is what matters
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise ConversionError(f"TFLite {precision} conversion of {config.name} failed: {first}") from exc
-    if precision == "int8" and io == "uint8":
-        blob = uint8_edges(blob)
-    return blob
 
 
 def uint8_edges(blob: bytes) -> bytes:

@@ -1,0 +1,233 @@
+"""Targets, checks and gates: the one place that decides whether a file is good enough.
+
+Thresholds are fractions everywhere (0.001 = 0.1 mIoU point). Accuracy is measured on held-out
+samples. Speed is the device class's: instructions per inference on an emulated ARM Cortex-A76
+(exporter.arm), the float32 TFLite file's over the recommended CPU file's (exporter.recommend);
+host latency (this machine's x86 CPU, where XNNPACK's int8 kernels are no faster than its float
+ones) is information only. Speed is reported, never gated.
+
+Used by `convert`'s report and `--strict`, by `validate`'s default gates (`model_gates`), by
+exporter.recommend (`gate`) and by the choice of the shipped int8 file (`better_int8`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from exporter.formats import ALTERNATIVE, SELECTIVE, baseline_name, variant
+
+ARM_CORE = "cortex-a76"  # the core the speed target is measured on
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Targets:
+    min_agreement: float = 0.998  # pixel argmax agreement with the float Keras model
+    max_miou_drop: float = 0.001
+    max_bytes_per_weight: float = 1.2  # file bytes over the exported graph's weight count
+    min_arm_ratio: float = 3.0  # ARM_CORE instructions: float32 TFLite over the recommended CPU file
+    min_arm_agreement: float = 0.999  # int8 files: pixel argmax agreement of the ARM kernels with the host's
+    max_class_iou_drop: float = 0.015  # no class loses more, in any int8 file
+    # A quantisation-aware-trained file (method "qat").
+    qat_min_agreement: float = 0.995
+    qat_max_miou_drop: float = 0.003
+
+
+# UNet: the foundation issue's accuracy figures. DeepLab and the selfie model: their issue's (99%,
+# 0.5 point, 1.25 bytes per weight). SegFormer: its issue's (99%, 1 point). ARM ratios: issue 15's
+# table (UNet 3.0x, DeepLab 2.0x, selfie 3.0x, SegFormer 1.5x on the Cortex-A76).
+TARGETS = {
+    "unet": Int8Targets(),
+    "deeplab": Int8Targets(min_agreement=0.99, max_miou_drop=0.005, max_bytes_per_weight=1.25, min_arm_ratio=2.0),
+    "selfie": Int8Targets(min_agreement=0.99, max_miou_drop=0.005, max_bytes_per_weight=1.25, min_arm_ratio=3.0),
+    "segformer": Int8Targets(min_agreement=0.99, max_miou_drop=0.01, max_bytes_per_weight=1.25, min_arm_ratio=1.5),
+}
+
+
+def targets_for(model: str) -> Int8Targets:
+    """The model's targets; an architecture without its own gets the foundation issue's."""
+    return TARGETS.get(model, Int8Targets())
+
+
+def model_gates(model: str) -> dict[str, float]:
+    """The model's int8 targets as `validate` gates (metric -> lowest passing value)."""
+    t = targets_for(model)
+    return {"agreement": t.min_agreement, "miou_delta": -t.max_miou_drop, "class_iou_delta": -t.max_class_iou_drop}
+
+
+def worst_class_drop(reference_iou: dict, iou: dict) -> tuple[str, float] | None:
+    """(class, IoU lost against float) of the class that lost most; None when nothing to compare."""
+    drops = {c: reference_iou[c] - v for c, v in iou.items() if v is not None and reference_iou.get(c) is not None}
+    if not drops:
+        return None
+    worst = max(drops, key=drops.get)
+    return worst, drops[worst]
+
+
+def accuracy_limits(model: str, method: str) -> tuple[float, float]:
+    """(minimum agreement, largest mIoU drop) for an int8 file made by `method`."""
+    goal = targets_for(model)
+    if method == "qat":
+        return goal.qat_min_agreement, goal.qat_max_miou_drop
+    return goal.min_agreement, goal.max_miou_drop
+
+
+def meets_gate(model: str, reference_iou: dict, art: dict, method: str | None = None) -> bool:
+    """Whether one measured int8 file meets the model's held-out accuracy gate (the rule the checks
+    state), for files made by `method` (default: the file's own)."""
+    goal = targets_for(model)
+    min_agreement, max_drop = accuracy_limits(model, method or art.get("method", "ptq"))
+    worst = worst_class_drop(reference_iou, art.get("per_class_iou", {}))
+    return (art["agreement"] >= min_agreement and art["miou_delta"] >= -max_drop
+            and (worst is None or worst[1] <= goal.max_class_iou_drop))
+
+
+def rival_label(art: dict) -> str:
+    """How a rival int8 file is named in the choice: its method, with its post-training methods."""
+    methods = art.get("ptq_methods")
+    return f"{art['method']}+{'+'.join(methods)}" if methods else art["method"]
+
+
+def better_int8(model: str, reference_iou: dict, candidates: list[dict]) -> tuple[dict, str]:
+    """The int8 file to ship as MODEL_int8.tflite among measured ones (QAT and post-training), and why.
+
+    Both are judged by the same gate, the model's post-training one: a file that meets it beats one
+    that does not; between equals, the higher held-out agreement with float, then the higher mIoU."""
+    def rank(art):
+        return meets_gate(model, reference_iou, art, "ptq"), art["agreement"], art["miou"]
+
+    best = max(candidates, key=rank)
+    others = [a for a in candidates if a is not best]
+    passing = "meets" if rank(best)[0] else "fails too, but is closer to"
+    why = (f"{rival_label(best)} {passing} the model's held-out gate; agreement {100 * best['agreement']:.3f}% vs "
+           + ", ".join(f"{rival_label(o)} {100 * o['agreement']:.3f}%"
+                       + ("" if meets_gate(model, reference_iou, o, "ptq") else " (fails the gate)") for o in others)
+           + f"; mIoU {best['miou']:.4f} vs " + ", ".join(f"{o['miou']:.4f}" for o in others))
+    return best, why
+
+
+def strict_failures(checks: list[dict]) -> list[dict]:
+    """The checks `convert --strict` exits non-zero on: failed accuracy checks of shipped files."""
+    return [c for c in checks if c["kind"] == "accuracy" and c["passed"] is False]
+
+
+def gate(report: dict, checks: list[dict]) -> dict[str, bool]:
+    """{TFLite file: whether it meets the model's accuracy gate} (float32 always does)."""
+    out = {}
+    for art in report["artifacts"]:
+        if art["format"] != "tflite":
+            continue
+        mine = [c for c in checks if c.get("file") == art["file"] and c.get("accuracy_gate")]
+        if art["precision"] == "float32":
+            out[art["file"]] = True
+        else:  # a measured gate, all of it passed (an unevaluated ARM comparison neither passes nor fails)
+            out[art["file"]] = bool(mine) and all(c["passed"] is not False for c in mine) and any(
+                c["passed"] for c in mine)
+    return out
+
+
+class _Checks(list):
+    def add(self, name, kind, passed, detail, file=None, gate=False):
+        row = {"name": name, "kind": kind, "passed": None if passed is None else bool(passed), "detail": detail}
+        if file:
+            row["file"] = file
+        if gate:
+            row["accuracy_gate"] = True
+        self.append(row)
+
+
+def checks(report: dict, weights_n: int) -> list[dict]:
+    """The int8 TFLite targets, evaluated on this run's measurements (ONNX int8 is reported only).
+
+    Each check: name, kind, passed (True/False; None: not evaluated, or kind "info"), detail; the
+    per-file ones name their file, and those of the accuracy gate say so (`accuracy_gate`)."""
+    out = _Checks()
+    gated = [a for a in report["artifacts"] if a["format"] == "tflite" and variant("tflite", a["precision"]).accuracy_gate]
+    for art in gated:
+        _accuracy_checks(out, report, art)
+        _arm_agreement_check(out, report, art)
+        if art.get("role") != SELECTIVE:  # float ops and float weights are what --keep-float asked for
+            _content_checks(out, report, art, weights_n)
+        _host_latency_info(out, report, art)
+    if gated:
+        _arm_ratio_check(out, report)
+    return list(out)
+
+
+def _accuracy_checks(out: _Checks, report: dict, art: dict) -> None:
+    f, goal = art["file"], targets_for(report["model"])
+    # A file measured beside the shipped one (QAT vs post-training) is reported, not gated.
+    kind = "reported" if art.get("role") == ALTERNATIVE else "accuracy"
+    min_agreement, max_drop = accuracy_limits(report["model"], art.get("method", "ptq"))
+    out.add(f"{f}: agreement >= {100 * min_agreement:.1f}%", kind, art["agreement"] >= min_agreement,
+            f"{100 * art['agreement']:.3f}%", f, gate=True)
+    out.add(f"{f}: mIoU at most {100 * max_drop:.1f} point below float", kind, art["miou_delta"] >= -max_drop,
+            f"{100 * art['miou_delta']:+.3f} points", f, gate=True)
+    worst = worst_class_drop(report["reference"]["per_class_iou"], art.get("per_class_iou", {}))
+    if worst:
+        out.add(f"{f}: no class loses more than {100 * goal.max_class_iou_drop:.1f} IoU points", kind,
+                worst[1] <= goal.max_class_iou_drop, f"worst {worst[0]}: {-100 * worst[1]:+.3f} points", f, gate=True)
+
+
+def _arm_agreement_check(out: _Checks, report: dict, art: dict) -> None:
+    # The held-out accuracy above is the host kernels'; the ARM kernels round int8 their own way.
+    f, goal = art["file"], targets_for(report["model"])
+    arm = {core: e for core, e in art.get("arm", {}).items() if "agreement_with_host" in e}
+    name = f"{f}: ARM outputs agree with the host's on >= {100 * goal.min_arm_agreement:.1f}% of pixels"
+    if arm:
+        out.add(name, "reported", min(e["agreement_with_host"] for e in arm.values()) >= goal.min_arm_agreement,
+                ", ".join(f"{core} {100 * e['agreement_with_host']:.3f}% ({e['samples']} samples)"
+                          for core, e in arm.items()), f, gate=True)
+    else:
+        why = _arm_why(art, report.get("arm_status"))
+        out.add(name, "reported", None, f"not evaluated: ARM not measured ({why})", f, gate=True)
+
+
+def _content_checks(out: _Checks, report: dict, art: dict, weights_n: int) -> None:
+    f, goal = art["file"], targets_for(report["model"])
+    kind = "reported" if art.get("role") == ALTERNATIVE else "accuracy"
+    out.add(f"{f}: no float op inside", kind, not art["float_ops"], ", ".join(sorted(set(art["float_ops"]))) or "none", f)
+    ratio = art["bytes"] / weights_n
+    out.add(f"{f}: at most {goal.max_bytes_per_weight}× one byte per weight", "size",
+            ratio <= goal.max_bytes_per_weight, f"{ratio:.3f} bytes per weight ({weights_n} weights)", f)
+
+
+def _host_latency_info(out: _Checks, report: dict, art: dict) -> None:
+    # Host latency: this machine's x86 CPU, not the device class; information, not a check.
+    threads = report["benchmark"]["threads"]
+    if not threads:
+        return
+    t = str(max(threads))
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    mine = art.get("latency_ms", {}).get(t, {}).get("median")
+    for other in (baseline_name(report["model"]), baseline_name(report["model"], "onnx")):
+        theirs = by_file.get(other, {}).get("latency_ms", {}).get(t, {}).get("median")
+        if mine and theirs:
+            out.add(f"{art['file']}: host latency vs {other} ({t} threads)", "info", None,
+                    f"{theirs / mine:.2f}× as fast ({mine:.2f} vs {theirs:.2f} ms, same run, this machine's CPU)",
+                    art["file"])
+
+
+def _arm_ratio_check(out: _Checks, report: dict) -> None:
+    from exporter.recommend import recommend
+
+    goal = targets_for(report["model"])
+    rec = recommend(report, list(out))
+    by_file = {a["file"]: a for a in report["artifacts"]}
+    float32 = baseline_name(report["model"])
+    base = by_file.get(float32, {}).get("arm", {}).get(ARM_CORE, {}).get("instructions")
+    mine = by_file.get(rec["cpu"], {}).get("arm", {}).get(ARM_CORE, {}).get("instructions")
+    name = (f"ARM {ARM_CORE}: float32 over the recommended CPU file ({rec['cpu']}) >= "
+            f"{goal.min_arm_ratio}× instructions per inference")
+    if base and mine:
+        out.add(name, "speed", base / mine >= goal.min_arm_ratio,
+                f"{base / mine:.2f}× ({base / 1e6:.2f} M vs {mine / 1e6:.2f} M instructions)", rec["cpu"])
+    else:
+        why = report.get("arm_status") or f"no {ARM_CORE} count for " + (rec["cpu"] if base else float32)
+        out.add(name, "speed", None, f"not evaluated: ARM not measured ({why})", rec["cpu"])
+
+
+def _arm_why(art: dict, status: str | None) -> str:
+    if status:
+        return status
+    errors = [f"{core}: {e['error']}" for core, e in art.get("arm", {}).items() if "error" in e]
+    return "; ".join(errors) or "no ARM figures for this file"

@@ -1,0 +1,90 @@
+"""The export stage: one TFLite file per precision of the format table, the QAT file, the ONNX files.
+
+Every TFLite file gets MediaPipe segmenter metadata (labels, normalisation, activation) and the
+facts the checks read (ops, float ops, GPU-delegate compatibility).
+"""
+
+from __future__ import annotations
+
+from exporter.artifacts import Artifact, write_bytes
+from exporter.errors import ConversionError
+from exporter.formats import ALTERNATIVE, artifact_name, variant
+from exporter.progress import say
+from exporter.stages.run import Run
+
+
+def tflite_files(run: Run) -> list[Artifact]:
+    from exporter.convert.tflite import to_tflite, weight_scales
+
+    q = run.opts.quant
+    out = []
+    for precision in run.opts.precisions:
+        row = variant("tflite", precision)
+        say(f"converting to TFLite {precision}" + (
+            f" (post-training, {len(run.calib)} calibration samples)" if row.calibrated else ""))
+        blob = to_tflite(run.fixed, run.config, precision, run.calib.images, io=q.io, per_tensor=q.per_tensor,
+                         range_percentile=q.range_percentile)
+        facts = {"weight_scales": weight_scales(q.per_tensor)} if row.calibrated else {}
+        if row.integer_io:
+            facts["io"] = q.io
+        # With --qat or --ptq-method several int8 files are measured; the ship stage names the better
+        # one MODEL_int8.tflite.
+        role = ALTERNATIVE if (precision == "int8" and q.int8_rivals) else None
+        name = artifact_name(run.name, precision, role="ptq" if role else None)
+        out.append(write_tflite(run, blob, name, precision, "none" if precision == "float32" else "ptq",
+                                facts, role=role))
+    return out
+
+
+def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, facts: dict,
+                 role: str | None = None) -> Artifact:
+    """The blob with MediaPipe metadata, written to staging, as a record with its TFLite facts."""
+    from exporter.convert.tflite import float_ops, op_histogram
+    from exporter.delegates import gpu_compatibility
+    from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
+
+    problems = mediapipe_problems(blob)
+    blob = add_segmenter_metadata(blob, **segmenter_metadata_for(run.config), check=False)
+    if problems:
+        say(f"warning: {name}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
+    facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,
+             "gpu": gpu_compatibility(blob), **facts}
+    return _write(run, blob, name, "tflite", precision, method, facts, role)
+
+
+def onnx_files(run: Run) -> list[Artifact]:
+    """float32 ONNX, and int8 QDQ ONNX (same calibration samples) when int8 is asked for."""
+    from exporter.convert.onnx import WEIGHT_BITS, quantise_onnx, to_onnx
+    from exporter.convert.signature import INPUT_NAME
+    from exporter.convert.tflite import weight_scales
+    from exporter.delegates import onnx_mobile_usability
+
+    if not run.opts.onnx:
+        return []
+    q = run.opts.quant
+    say("converting to ONNX float32 (tf2onnx)")
+    blob = to_onnx(run.fixed, run.config)
+    out = [_write(run, blob, artifact_name(run.name, "float32", "onnx"), "onnx", "float32", "none", {})]
+    if run.opts.int8:
+        say("quantising the ONNX model to int8 QDQ (ONNX Runtime, same calibration samples)")
+        int8 = quantise_onnx(blob, run.calib.images, INPUT_NAME, q.per_tensor, q.range_percentile)
+        out.append(_write(run, int8, artifact_name(run.name, "int8", "onnx"), "onnx", "int8", "ptq",
+                          {"weight_scales": weight_scales(q.per_tensor), "weight_bits": WEIGHT_BITS}))
+    return [a.measured(mobile=onnx_mobile_usability(run.staging / a.file)) for a in out]
+
+
+def _write(run: Run, blob: bytes, name: str, fmt: str, precision: str, method: str, facts: dict,
+           role: str | None = None) -> Artifact:
+    write_bytes(run.staging / name, blob)
+    say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
+    return Artifact(file=name, format=fmt, precision=precision, method=method, bytes=len(blob), role=role,
+                    facts=facts)
+
+
+def require_gpu_compatible(artifacts: list[Artifact]) -> None:
+    """--require-gpu-compatible: every float TFLite file fully GPU-delegate compatible, or fail."""
+    for art in artifacts:
+        gpu = art.facts.get("gpu")
+        if art.format == "tflite" and variant("tflite", art.precision).gpu_candidate and gpu and not gpu["compatible"]:
+            blockers = gpu["unsupported_ops"] + gpu["tensors_over_4d"] + gpu["analyzer_warnings"]
+            raise ConversionError(f"{art.file} is not fully GPU-delegate compatible: {', '.join(blockers)}")

@@ -1,0 +1,128 @@
+"""The first stage of `convert`: the data and the float Keras model.
+
+The model is loaded from --weights, from the finished training run in OUT/MODEL/training, or
+trained there (only when there is none): nothing a user trained is replaced or ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from architectures import ModelConfig, build, get_spec, resolve_config
+from calibration.checks import check_labels
+from calibration.sources import load_splits
+from exporter.errors import ExporterError, WeightsError
+from exporter.options import ConvertOptions
+from exporter.progress import say
+from exporter.train import find_run, run_from_weights, seed_everything, train, training_dir
+
+
+def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
+    """Resolve the config, load the data and get a float Keras model: loaded from --weights, from the
+    finished training run in OUT/MODEL/training, or trained there (only when there is none)."""
+    spec = get_spec(opts.model)
+    run = _trained_run(opts)
+    overrides = {}
+    if run is not None:
+        overrides = _config_of_run(run, opts)
+    elif opts.weights is not None:
+        if not Path(opts.weights).exists() and spec.config_from_weights is None:
+            raise WeightsError(f"{opts.weights}: weights file not found")
+        if spec.config_from_weights is not None:
+            overrides = spec.config_from_weights(Path(opts.weights))
+    if opts.data.classes is not None:
+        overrides.setdefault("num_classes", opts.data.classes)
+    if opts.data.input_size is not None:
+        overrides.setdefault("input_size", opts.data.input_size)
+    config = resolve_config(opts.model, **overrides)
+    splits = splits_loader(opts.data.source, config.input_size, config.num_classes,
+                           train_samples=opts.data.train_samples, val_samples=opts.data.val_samples)
+    if "labels" not in overrides and len(splits.labels) == config.num_classes:
+        # Weights without class names (a Keras .h5) take the data's, as does a model trained here.
+        config = dataclasses.replace(config, labels=splits.labels)
+    for part in (splits.train, splits.val):
+        check_labels(part.masks, config.num_classes, f"data {opts.data.source} vs model {opts.model}")
+
+    seed_everything(opts.schedule.seed)  # before the model is built: seeded initial weights
+    model = build(config)
+    if run is not None:
+        say(f"using the model trained in {run.folder}: {run.describe()}"
+            + ("" if opts.weights is not None else
+               " (training options apply only when there is no run; another --out trains anew)"))
+        if run.data_spec != opts.data.source:
+            say(f"warning: that model was trained on {run.data_spec} data; calibrating and validating on {opts.data.source}")
+        load_weights(model, run.weights, config)
+        state = run.state
+    elif opts.weights is not None:
+        load_weights(model, Path(opts.weights), config)
+        return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
+    else:
+        say(f"no --weights given and no training run in {training_dir(opts.out, config.name)}: training "
+            f"{config.name} on {opts.data.source} data first ({opts.schedule.epochs} epochs; "
+            "pass --weights to skip)")
+        state = train(model, config, spec, splits, opts.out, opts.schedule, data_spec=opts.data.source)
+        run = find_run(training_dir(opts.out, config.name))
+    last = state["history"][-1] if state["history"] else {}
+    training = {
+        "summary": f"trained for {state['epochs_done']} epochs on {run.data_spec} data ({run.folder}); "
+                   f"held-out mIoU after training {last.get('val_miou', float('nan')):.4f}",
+        "history": state["history"],
+        "schedule": state.get("schedule"),
+        "weights": str(run.weights),
+        "folder": str(run.folder),
+    }
+    return spec, config, splits, model, training
+
+
+def _trained_run(opts: ConvertOptions):
+    """The training run convert uses: --weights naming one, else the one in OUT/MODEL/training."""
+    if opts.weights is not None:
+        run = run_from_weights(Path(opts.weights))
+    else:
+        run = find_run(training_dir(opts.out, opts.model))
+        if run is not None and not run.finished:
+            raise ExporterError(f"{run.folder} holds an unfinished training run ({run.describe()}); finish it with "
+                                f"`exporter train --model {opts.model} --out {opts.out} --resume`, or pass --weights")
+    if run is not None and run.model_config.get("name", opts.model) != opts.model:
+        raise WeightsError(f"{run.folder}: a training run of {run.model_config.get('name')!r}, not {opts.model!r}")
+    return run
+
+
+def _config_of_run(run, opts: ConvertOptions) -> dict:
+    """resolve_config overrides that rebuild the run's model; explicit options that contradict it fail."""
+    cfg = run.model_config
+    size = tuple(cfg["input_size"])
+    if opts.data.input_size is not None and (opts.data.input_size, opts.data.input_size) != size:
+        raise ExporterError(f"--input-size {opts.data.input_size}: the model trained in {run.folder} takes "
+                            f"{size[0]}x{size[1]}; drop --input-size, or use another --out to train anew")
+    if opts.data.classes is not None and opts.data.classes != len(cfg["labels"]):
+        raise ExporterError(f"--classes {opts.data.classes}: the model trained in {run.folder} has "
+                            f"{len(cfg['labels'])} classes; drop --classes, or use another --out to train anew")
+    # The trained weights replace any pretrained encoder's, whose file need not exist any more.
+    options = {k: v for k, v in cfg["options"].items() if k != "encoder_weights"}
+    return {"labels": tuple(cfg["labels"]), "input_size": size, **options}
+
+
+def load_weights(model, path: Path, config: ModelConfig) -> None:
+    spec = get_spec(config.name)
+    if spec.load_weights is not None:
+        spec.load_weights(model, path, config)
+        return
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot load into {config.name} "
+                           f"({config.num_classes} classes, {config.input_size}): {exc}") from exc
+
+
+def weight_count(model) -> int:
+    """Weights that survive into the file: BatchNorm parameters fold into the convolutions."""
+    from exporter.keras import keras
+
+    return int(sum(np.prod(w.shape) for layer in model.layers
+                   if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights))
