@@ -46,8 +46,9 @@ test: setup
 	-@$(MAKE) --no-print-directory arm-env
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
 
+# The edit-test loop: everything but the tests marked slow (over ~10 s each on two cores), under 3 minutes.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 300 -m "not slow"
 
 # Regenerates the committed reports/ for the default models (artifacts stay in build/bench).
 bench: setup

@@ -86,7 +86,8 @@ def test_same_file_twice_gives_identical_counts(cnn_files, measured):
     assert again.per_sample == first.per_sample
     assert again.warmup_instructions == first.warmup_instructions
     assert (again.dot_instructions, again.fma_instructions) == (first.dot_instructions, first.fma_instructions)
-    for a, b in zip(again.outputs, first.outputs):
+    assert len(first.outputs) == 2
+    for a, b in zip(again.outputs, first.outputs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -119,7 +120,8 @@ def test_arm_outputs_equal_host_outputs(cnn_files, measured, kind):
     arm = measured(kind, "cortex-a76")
     host = Interpreter(model_path=str(cnn_files[kind]), num_threads=1)
     host.allocate_tensors()
-    for raw, on_arm in zip(raw_inputs(cnn_files[kind], pixels(7, 2)), arm.outputs):
+    assert len(arm.outputs) == 2
+    for raw, on_arm in zip(raw_inputs(cnn_files[kind], pixels(7, 2)), arm.outputs, strict=True):
         host.set_tensor(host.get_input_details()[0]["index"], raw)
         host.invoke()
         on_host = host.get_tensor(host.get_output_details()[0]["index"])

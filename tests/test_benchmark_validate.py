@@ -5,6 +5,7 @@ int8 TFLite with metadata, ONNX), and files this project did not make, converted
 TensorFlow and tf2onnx from a tiny CNN: float32, float16 and dynamic-range TFLite, ONNX, the
 same CNN with other weights (a wrong candidate), a 2-output file, and a 1-channel sigmoid head
 taking float 0..1 pixels declared in MediaPipe-style metadata (and its ONNX, which declares nothing).
+Building them takes 15-30 s on two cores, so every test that uses them is marked slow.
 """
 
 import json
@@ -86,6 +87,7 @@ def files(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_file_and_names_the_failed_ones(files, run_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGEXPORT_ARM_CACHE", str(tmp_path / "no-arm-env"))  # --arm says why it cannot run
     names = ["unet_float32.tflite", "unet_int8.tflite", "unet_float32.onnx", "foreign_float16.tflite",
@@ -150,6 +152,7 @@ def test_benchmark_bad_usage(run_cli, tmp_path):
     assert not (tmp_path / "b.json").exists()
 
 
+@pytest.mark.slow
 def test_validate_passes_and_fails_gates(files, run_cli, tmp_path):
     # Our float ONNX against our float TFLite: the same function, a passing gate.
     ok = run_cli("validate", str(files / "unet_float32.onnx"), "--reference", str(files / "unet_float32.tflite"),
@@ -186,6 +189,7 @@ def test_validate_passes_and_fails_gates(files, run_cli, tmp_path):
     assert "assumed" in report["candidate"]["input_contract"]["description"]
 
 
+@pytest.mark.slow
 def test_validate_sigmoid_head_two_outputs_and_plain_images(files, run_cli, tmp_path):
     # A 1-channel sigmoid head on 0..1 input: the TFLite declares it (metadata), the ONNX needs --mean/--std.
     sig = run_cli("validate", str(files / "sigmoid.onnx"), "--reference", str(files / "sigmoid.tflite"),
@@ -221,6 +225,7 @@ def test_validate_sigmoid_head_two_outputs_and_plain_images(files, run_cli, tmp_
     assert not (tmp_path / "p2.json").exists()
 
 
+@pytest.mark.slow
 def test_validate_against_keras_weights_with_the_models_targets(files, run_cli, tmp_path):
     result = run_cli("validate", str(files / "unet_float32.tflite"), "--reference", str(files / "unet.weights.h5"),
                      "--model", "unet", "--samples", "6", "--json", "k.json")
@@ -235,6 +240,7 @@ def test_validate_against_keras_weights_with_the_models_targets(files, run_cli, 
     assert "unet's int8 targets" in report["gate_source"]
 
 
+@pytest.mark.slow
 def test_validate_bad_input_is_one_line_exit_2_and_writes_nothing(files, run_cli, tmp_path):
     ref = str(files / "foreign_float32.tflite")
     (tmp_path / "broken.toml").write_text("[fail_below\nagreement = 0.99\n")

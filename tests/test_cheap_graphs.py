@@ -72,6 +72,7 @@ def test_phase_deconvolution_equals_conv2d_transpose(kernel, stride):
     np.testing.assert_allclose(phases(x).numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_unet_exports_the_transposed_convs_as_phase_convolutions():
     """Same weights as the training graph, no TRANSPOSE_CONV (XNNPACK's int8 deconvolution runs
     a one-row GEMM kernel: 2/3 of the int8 UNet's ARM instructions), no zero taps stored."""

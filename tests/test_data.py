@@ -28,7 +28,7 @@ def test_synthetic_heldout_is_disjoint_from_training():
 
 def test_folder_dataset_resizes_masks_with_nearest_neighbour(folder_dataset):
     splits = load_splits(str(folder_dataset), (48, 48), 3)
-    assert len(splits.train) + len(splits.val) == 10 and len(splits.val) >= 1
+    assert len(splits.train) + len(splits.val) == 10 and len(splits.train) >= 1 and len(splits.val) >= 1
     assert splits.train.images.shape[1:] == (48, 48, 3)
     # Nearest-neighbour masks hold only the original labels (bilinear would invent in-between values).
     for part in (splits.train, splits.val):

@@ -35,6 +35,8 @@ def test_artifacts_follow_the_contract(unet_run):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "staging folder left behind"
     on_disk = json.loads((folder / "report.json").read_text())
     assert REPORT_KEYS <= set(on_disk)
+    assert {a["file"] for a in on_disk["artifacts"]} >= {"unet_float32.tflite", "unet_int8.tflite",
+                                                         "unet_float32.onnx", "unet_int8.onnx"}
     for art in on_disk["artifacts"]:
         assert ARTIFACT_KEYS <= set(art)
         assert art["bytes"] == (folder / art["file"]).stat().st_size
@@ -100,9 +102,12 @@ def test_second_run_reuses_the_trained_checkpoint(unet_run, capfd):
     assert second["reference"]["miou"] == pytest.approx(first["reference"]["miou"], abs=1e-6)
 
 
-def test_strict_cli_gate_and_inspect(unet_run, run_cli):
+def test_inspect_describes_the_int8_file(unet_run, run_cli):
+    """`exporter inspect` names the int8 file's raw-pixel uint8 input and finds no float op."""
     out, _, _ = unet_run
     result = run_cli("inspect", str(out / "unet" / "unet_int8.tflite"))
     assert result.returncode == 0, result.stderr
-    assert "input: pixels" in result.stdout or "input:" in result.stdout
-    assert "uint8" in result.stdout and "float ops inside: none" in result.stdout
+    lines = [line.strip() for line in result.stdout.splitlines()]
+    assert "input: pixels [1, 64, 64, 3] uint8, scale 1, zero point 0" in lines, result.stdout
+    assert any(line.startswith("output: ") and "uint8" in line for line in lines), result.stdout
+    assert "float ops inside: none" in lines, result.stdout

@@ -3,7 +3,7 @@ the real MediaPipe Tasks client (run from .venv-mediapipe, where mediapipe lives
 
 A three-layer convolutional model stands in for an architecture: what is tested here is the
 file, not the network, and it converts in seconds (the registry's models are covered by
-test_architectures.py).
+test_registry_contracts.py).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def test_equalisation_keeps_float_outputs_and_evens_ranges():
     np.testing.assert_allclose(r1, r2, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["selfie", "deeplab"])
 def test_equalisation_exact_on_registry_model(name):
     from exporter.convert.signature import export_model

@@ -1,11 +1,14 @@
-"""Quantisation-aware training and per-layer quantisation error, at 64x64 on a small UNet."""
+"""Quantisation-aware training and per-layer quantisation error, at 64x64 on a small UNet.
+
+The tests on the trained UNet (fixture `trained`: two epochs on 120 scenes) are marked slow; every
+architecture's QAT wrap is in test_registry_contracts.py.
+"""
 
 import numpy as np
 import pytest
 
-from architectures import build, get_spec, list_models, resolve_config
+from architectures import build, get_spec, resolve_config
 from calibration.synthetic import synthetic_splits
-from support import small_config
 
 SIZE = 64
 
@@ -58,6 +61,7 @@ def test_batchnorm_folds_exactly_into_transposed_convs(deconv):
     assert np.abs(got - expected).max() < 1e-4, np.abs(got - expected).max()
 
 
+@pytest.mark.slow
 def test_batchnorm_fold_on_trained_model_is_exact(trained):
     from exporter.qat import fold_batchnorm
 
@@ -92,6 +96,7 @@ def qat_run(trained, qat):
     return qat, losses, blob, float_ops(blob)
 
 
+@pytest.mark.slow
 def test_every_layer_is_quantised_or_listed_with_a_reason(trained, qat):
     _, _, _, model = trained
     info = qat.qat_info
@@ -153,6 +158,7 @@ def test_qat_weights_line_up_with_the_batch1_rebuild(trained, qat_run):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_quant_debug_ranks_layers_and_keeps_chosen_ones_float(trained):
     from exporter.convert.signature import export_model
     from exporter.quant_debug import QuantDebugSession, selective_int8
@@ -174,6 +180,7 @@ def test_quant_debug_ranks_layers_and_keeps_chosen_ones_float(trained):
     assert full.full_integer and full.float_ops == []
 
 
+@pytest.mark.slow
 def test_keep_float_auto_adds_worst_layers_until_the_target_or_the_tries_run_out(trained):
     from exporter.convert.signature import export_model
     from exporter.quant_debug import QuantDebugSession, keep_float_auto
@@ -196,23 +203,3 @@ def test_keep_float_auto_adds_worst_layers_until_the_target_or_the_tries_run_out
     assert not strict["met"] and len(strict["keep_float"]) == 1
     lenient = keep_float_auto(fixed, config, None, heldout, max_miou_drop=1.0, max_class_drop=1.0, session=session)
     assert lenient["met"] and lenient["keep_float"] == []
-
-
-@pytest.mark.parametrize("name", list_models())
-def test_every_architecture_wraps_for_qat_with_a_reason_per_layer(name):
-    """QAT (the --qat path) accepts every registered architecture; whatever stays unquantised is
-    named with a reason, and nothing is left out of QAT (treatment "float")."""
-    from exporter.qat import qat_model
-
-    config = small_config(name)
-    model = build(config)
-    qat = qat_model(model, config)
-    info = qat.qat_info
-    folded = {f["bn"] for f in info.folded}
-    assert {r.layer for r in info.layers} == {layer.name for layer in model.layers}
-    assert all(r.reason for r in info.layers)
-    assert [r.layer for r in info.layers if r.treatment == "float"] == []
-    assert {r["layer"] for r in info.unquantised} >= folded
-    assert sum(r.quantizers for r in info.layers) > 0
-    pixels = np.random.default_rng(0).uniform(0, 255, (1, *config.input_size, 3)).astype(np.float32)
-    assert qat(pixels, training=False).shape == (1, *config.input_size, config.num_classes)

@@ -3,6 +3,10 @@
 The seed's own definition is rebuilt here, only as a reference, with its raw `tf.reshape` /
 `tf.transpose` / `tf.image.resize` ops at its batch size of 1 and 256x256 input; the registry's
 model must compute the same thing with Keras layers, at any batch size.
+
+The contracts every architecture keeps (softmax output, batch independence, flat graph of at most
+4-D tensors, float32/float16/int8 files, metadata, MediaPipe, QAT wrap) are in
+test_registry_contracts.py; this file keeps what is the selfie model's own.
 """
 
 import numpy as np
@@ -202,6 +206,7 @@ def small_model():
     return model
 
 
+@pytest.mark.slow
 def test_whole_network_matches_seed_at_256(small_model):
     ours = create_model("selfie")
     ref = seed_reference()
@@ -232,58 +237,6 @@ def test_spec():
         create_model("selfie", input_size=96)
 
 
-def test_flat_graph_of_keras_layers_at_most_4d(small_model):
-    banned = (keras.layers.Lambda, keras.Model)
-    for layer in small_model.layers:
-        assert type(layer).__name__ not in ("TFOpLambda", "SlicingOpLambda"), layer.name
-        assert not isinstance(layer, banned), layer.name
-        shapes = layer.output_shape if isinstance(layer.output_shape, list) else [layer.output_shape]
-        assert all(len(s) <= 4 for s in shapes), (layer.name, shapes)
-
-
-def test_output_is_a_softmax_over_classes(small_model):
-    x = np.random.default_rng(4).uniform(0, 255, (2, SMALL, SMALL, 3)).astype(np.float32)
-    y = small_model(x).numpy()
-    assert y.shape == (2, SMALL, SMALL, len(LABELS))
-    assert (y >= 0).all()
-    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
-    assert y.std() > 1e-3  # not a constant map
-
-
-def test_batch_independence(small_model):
-    """Batch 1 and batch 3 give the same per-sample outputs (the seed's reshapes could not)."""
-    x = np.random.default_rng(5).uniform(0, 255, (3, SMALL, SMALL, 3)).astype(np.float32)
-    batched = small_model(x).numpy()
-    for i in range(3):
-        np.testing.assert_allclose(small_model(x[i : i + 1]).numpy()[0], batched[i], rtol=1e-5, atol=1e-6)
-    # An export graph (static batch 1) takes the same weights.
-    export = create_model("selfie", input_size=SMALL, batch_size=1)
-    export.set_weights(small_model.get_weights())
-    np.testing.assert_allclose(export(x[1:2]).numpy()[0], batched[1], rtol=1e-5, atol=1e-6)
-
-
-def test_float32_tflite_matches_keras(small_model):
-    from ai_edge_litert.interpreter import Interpreter
-
-    fn = tf.function(lambda x: small_model(x, training=False))
-    concrete = fn.get_concrete_function(tf.TensorSpec([1, SMALL, SMALL, 3], tf.float32))
-    # tf.Module() as the trackable: handing over the Keras model makes the converter serialise it
-    # first (tens of seconds).
-    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([concrete], tf.Module()).convert()
-    interpreter = Interpreter(model_content=flatbuffer, num_threads=1)
-    interpreter.allocate_tensors()
-    shapes = [tuple(t["shape"]) for t in interpreter.get_tensor_details()]
-    assert max(len(s) for s in shapes) <= 4, [s for s in shapes if len(s) > 4]
-
-    x = np.random.default_rng(6).uniform(0, 255, (1, SMALL, SMALL, 3)).astype(np.float32)
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    want = small_model(x).numpy()
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-
-
 @pytest.mark.slow
 def test_tfmot_registry_lacks_only_multiply_reducesum_and_rescaling():
     """tfmot's default 8-bit registry covers every layer but Multiply (the squaring and the two
@@ -304,6 +257,7 @@ def test_tfmot_registry_lacks_only_multiply_reducesum_and_rescaling():
     assert all(cls in LAYER_CONFIGS for cls in unsupported)
 
 
+@pytest.mark.slow
 def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
     """In the full-integer file every op but SOFTMAX runs inside XNNPACK (LiteRT 2.3's XNNPACK has
     no int8 SOFTMAX): the squaring, weighting, SUM and gating MULs around the attention blocks,
@@ -331,6 +285,7 @@ def test_int8_tflite_leaves_only_softmax_to_reference_kernels(small_model):
     assert split == {"partitions": 7, "undelegated": {"QUANTIZE": 2, "SOFTMAX": 7}}, split
 
 
+@pytest.mark.slow
 def test_fresh_weights_carry_signal_and_train_stably():
     """The registry's initialisers (see `architectures.selfie._init`): with Keras' defaults the
     attention stages saw features ~1e-6 and every gradient above the decoder underflowed; with

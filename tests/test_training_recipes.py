@@ -112,6 +112,7 @@ def _rare_class(spec, class_weights=None) -> tuple[float, float]:
     return (pred & true).sum() / (pred | true).sum(), (pred & true).sum() / true.sum()
 
 
+@pytest.mark.slow
 def test_dice_and_class_weights_favour_the_rare_class_over_cross_entropy():
     from exporter.losses import auto_class_weights
 
@@ -271,6 +272,7 @@ def test_rates_are_recorded_follow_the_schedule_and_survive_a_resume(tmp_path, m
         _tiny_run(tmp_path / "killed", replace(schedule, lr_schedule="constant"), resume=True)
 
 
+@pytest.mark.slow
 def test_bad_recipe_options_are_one_line_each(run_cli):
     cases = {("--loss", "ce+bce"): "unknown term 'bce'",
              ("--class-weights", "1,2"): "2 weight(s) for 3 classes",
