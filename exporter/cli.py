@@ -92,6 +92,43 @@ def list_models_cmd() -> None:
         typer.echo(f"{name:10s} {h}x{w}  {len(spec.labels):2d} classes  {spec.description}")
 
 
+def _encoder_options(encoder_weights: Path | None, freeze_encoder: bool | None, freeze_epochs: int) -> dict:
+    """The architecture options for a pretrained encoder and its freezing."""
+    if freeze_epochs and freeze_encoder is not None:
+        raise ExporterError("--freeze-epochs freezes the encoder for its first epochs and then trains it; "
+                            "drop --freeze-encoder/--train-encoder")
+    if encoder_weights is not None:
+        if not encoder_weights.is_file():
+            raise ExporterError(f"{encoder_weights}: encoder weights file not found")
+        # With --freeze-epochs the run freezes and unfreezes the encoder itself.
+        frozen = not freeze_epochs if freeze_encoder is None else freeze_encoder
+        return {"encoder_weights": str(encoder_weights), "freeze_encoder": frozen}
+    return {"freeze_encoder": True} if freeze_encoder else {}
+
+
+# train's own options, declared once here so the command reads as its parameters.
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT/MODEL/training.")]
+OverwriteOpt = Annotated[bool, typer.Option(
+        help="Replace a training run already in OUT/MODEL/training (without it, a new run there refuses).")]
+SaveEveryOpt = Annotated[int, typer.Option(
+        "--save-every", help="Also checkpoint every N steps inside an epoch (0: at epoch ends only).")]
+EncoderWeightsOpt = Annotated[Optional[Path], typer.Option(
+        help="Local pretrained encoder weights (e.g. ImageNet MobileNetV2 notop .h5), where the model has an encoder.")]
+FreezeEncoderOpt = Annotated[Optional[bool], typer.Option(
+        "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")]
+StreamOpt = Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
+                                     "(default: stream when the decoded data would exceed 2 GiB).",
+        show_default=False)]
+FreezeEpochsOpt = Annotated[int, typer.Option(
+        "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
+                                "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")]
+DistributeOpt = Annotated[str, typer.Option(
+        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")]
+CpuDevicesOpt = Annotated[int, typer.Option(
+        "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")]
+
+
 @app.command()
 def train(
     model: ModelOpt,
@@ -102,16 +139,12 @@ def train(
     classes: ClassesOpt = None,
     batch_size: BatchOpt = Schedule.batch_size,
     lr: LrOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT/MODEL/training.")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        help="Replace a training run already in OUT/MODEL/training (without it, a new run there refuses).")] = False,
-    save_every: Annotated[int, typer.Option(
-        "--save-every", help="Also checkpoint every N steps inside an epoch (0: at epoch ends only).")] = 0,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    save_every: SaveEveryOpt = 0,
     seed: SeedOpt = Schedule.seed,
-    encoder_weights: Annotated[Optional[Path], typer.Option(
-        help="Local pretrained encoder weights (e.g. ImageNet MobileNetV2 notop .h5), where the model has an encoder.")] = None,
-    freeze_encoder: Annotated[Optional[bool], typer.Option(
-        "--freeze-encoder/--train-encoder", help="Freeze the encoder (default: only with --encoder-weights).")] = None,
+    encoder_weights: EncoderWeightsOpt = None,
+    freeze_encoder: FreezeEncoderOpt = None,
     train_samples: TrainSamplesOpt = DataSpec.train_samples,
     val_samples: ValSamplesOpt = DataSpec.val_samples,
     loss: LossOpt = DEFAULT_LOSS,
@@ -119,64 +152,34 @@ def train(
     lr_schedule: LrScheduleOpt = DEFAULT_SCHEDULE,
     warmup_epochs: WarmupOpt = 0,
     augment: AugmentOpt = DEFAULT_AUGMENT,
-    stream: Annotated[Optional[bool], typer.Option(
-        "--stream/--in-memory", help="Read folder data from disk a batch at a time instead of decoding it all first "
-                                     "(default: stream when the decoded data would exceed 2 GiB).",
-        show_default=False)] = None,
-    freeze_epochs: Annotated[int, typer.Option(
-        "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
-                                "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")] = 0,
-    distribute: Annotated[str, typer.Option(
-        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")] = "none",
-    cpu_devices: Annotated[int, typer.Option(
-        "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")] = 0,
+    stream: StreamOpt = None,
+    freeze_epochs: FreezeEpochsOpt = 0,
+    distribute: DistributeOpt = "none",
+    cpu_devices: CpuDevicesOpt = 0,
 ) -> None:
     """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
     A folder that already holds a run is never replaced without --overwrite; --resume continues it
     from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
-    from calibration.augment import parse_augment
     from calibration.sources import load_splits
     from exporter.distribute import make_strategy, scope
-    from exporter.losses import parse_loss
-    from exporter.schedules import check_schedule
     from exporter.train import claim_run_dir, seed_everything, train as run_training, training_dir
 
     if resume and overwrite:
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
-    if epochs < 1 or batch_size < 1 or save_every < 0:
-        raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
-    # The recipe is checked before any slow work; class weights once the data gives the classes (in train).
-    parse_loss(loss)
-    check_schedule(lr_schedule, warmup_epochs, epochs)
-    parse_augment(augment)
-    if not 0 <= freeze_epochs < epochs:
-        raise ExporterError(f"--freeze-epochs {freeze_epochs}: must be at least 0 and below --epochs ({epochs})")
-    if freeze_epochs and freeze_encoder is not None:
-        raise ExporterError("--freeze-epochs freezes the encoder for its first epochs and then trains it; "
-                            "drop --freeze-encoder/--train-encoder")
+    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
+                        loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
+                        augment=augment, freeze_epochs=freeze_epochs)  # checks the recipe before any slow work
+    options = _encoder_options(encoder_weights, freeze_encoder, freeze_epochs)
     if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
     strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
-
-    options = {}
-    if encoder_weights is not None:
-        if not encoder_weights.is_file():
-            raise ExporterError(f"{encoder_weights}: encoder weights file not found")
-        # With --freeze-epochs the run freezes and unfreezes the encoder itself.
-        frozen = not freeze_epochs if freeze_encoder is None else freeze_encoder
-        options = {"encoder_weights": str(encoder_weights), "freeze_encoder": frozen}
-    elif freeze_encoder:
-        options = {"freeze_encoder": True}
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
     splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples,
                          val_samples=val_samples, stream=stream)
     config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
     seed_everything(seed)  # before the model is built: seeded initial weights
-    schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
-                        loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
-                        augment=augment, freeze_epochs=freeze_epochs)
     with scope(strategy):
         network = build(config)
     state = run_training(network, config, get_spec(model), splits, out, schedule, resume=resume,

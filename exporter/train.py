@@ -58,6 +58,21 @@ class Schedule:
     augment: str = DEFAULT_AUGMENT  # calibration.augment spec, e.g. "standard,grayscale=0.05"
     freeze_epochs: int = 0  # the encoder (ArchSpec.encoder_layers) frozen for this many epochs, then trained
 
+    def __post_init__(self):
+        """Checked once, where the schedule is made: before any data loads (one line per bad option)."""
+        from calibration.augment import parse_augment
+        from exporter.losses import parse_loss
+        from exporter.schedules import check_schedule
+
+        if self.epochs < 1 or self.batch_size < 1 or self.save_every < 0:
+            raise ExporterError("--epochs and --batch-size must be at least 1, --save-every at least 0")
+        parse_loss(self.loss)  # class weights are checked once the data gives the classes (in train)
+        check_schedule(self.lr_schedule, self.warmup_epochs, self.epochs)
+        parse_augment(self.augment)
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ExporterError(f"--freeze-epochs {self.freeze_epochs}: must be at least 0 and below --epochs "
+                                f"({self.epochs})")
+
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -371,6 +386,29 @@ class _Checkpoints:
         raise ExporterError(f"{self.manager.directory}: no readable checkpoint to resume from")
 
 
+def _run_to_resume(run_dir: Path, fingerprint: dict, schedule: Schedule):
+    """The run --resume continues: same model, data and recipe, or one line saying what differs."""
+    previous = find_run(run_dir)
+    if previous is None:
+        raise ExporterError(f"{run_dir}: nothing to resume (no training run there); run without --resume")
+    if previous.state["fingerprint"] != fingerprint:
+        raise ExporterError(f"{run_dir}: that run was trained with a different model or data; "
+                            "use another --out or drop --resume")
+    _check_same_recipe(previous.state.get("schedule", {}), schedule, run_dir)
+    return previous
+
+
+def _announce(config, splits, schedule: Schedule, lr: float, class_weights, strategy) -> None:
+    say(f"training {config.name} at {config.input_size[0]}x{config.input_size[1]} on "
+        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}"
+        + (f" ({schedule.lr_schedule}" + (f", {schedule.warmup_epochs} warm-up" if schedule.warmup_epochs else "") + ")"
+           if schedule.lr_schedule != DEFAULT_SCHEDULE or schedule.warmup_epochs else "")
+        + f", loss {schedule.loss}" + (f" (class weights {class_weights})" if class_weights else "")
+        + (f", augment {schedule.augment}" if schedule.augment != DEFAULT_AUGMENT else "")
+        + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else "")
+        + f", seed {schedule.seed}")
+
+
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
           overwrite: bool = False, data_spec: str = "synthetic", strategy=None) -> dict:
     """Train `model` in place into OUT/MODEL/training; returns the state written to state.json.
@@ -386,14 +424,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
     fingerprint = {"model": config.to_json(), "data": data_spec}
     state = {"fingerprint": fingerprint, "schedule": schedule.to_json(), "class_weights": class_weights,
              "epochs_done": 0, "history": [], "finished": False}
-    if resume:
-        previous = find_run(run_dir)
-        if previous is None:
-            raise ExporterError(f"{run_dir}: nothing to resume (no training run there); run without --resume")
-        if previous.state["fingerprint"] != fingerprint:
-            raise ExporterError(f"{run_dir}: that run was trained with a different model or data; "
-                                "use another --out or drop --resume")
-        _check_same_recipe(previous.state.get("schedule", {}), schedule, run_dir)
+    previous = _run_to_resume(run_dir, fingerprint, schedule) if resume else None
     with scope(strategy):
         compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
         encoder = _Encoder(model, spec, schedule.freeze_epochs, strategy)
@@ -409,14 +440,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
     run_dir.mkdir(parents=True, exist_ok=True)
 
     steps = int(np.ceil(len(splits.train) / schedule.batch_size))
-    say(f"training {config.name} at {config.input_size[0]}x{config.input_size[1]} on "
-        f"{len(splits.train)} samples of {splits.train.source}: {schedule.epochs} epochs, lr {lr:g}"
-        + (f" ({schedule.lr_schedule}" + (f", {schedule.warmup_epochs} warm-up" if schedule.warmup_epochs else "") + ")"
-           if schedule.lr_schedule != DEFAULT_SCHEDULE or schedule.warmup_epochs else "")
-        + f", loss {schedule.loss}" + (f" (class weights {class_weights})" if class_weights else "")
-        + (f", augment {schedule.augment}" if schedule.augment != DEFAULT_AUGMENT else "")
-        + (f", {strategy.num_replicas_in_sync} replicas" if strategy is not None else "")
-        + f", seed {schedule.seed}")
+    _announce(config, splits, schedule, lr, class_weights, strategy)
 
     def save(epoch: int, step: int) -> None:
         write_json(run_dir / STATE_FILE, state)
