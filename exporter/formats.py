@@ -33,6 +33,7 @@ class Variant:
     configure: Callable | None = None
     convert: Callable | None = None
     cli_flag: str | None = None  # the old boolean flag that also asks for it (--int8, --fp16, ...)
+    method: str = "ptq"  # the report's method: "none" where nothing is quantised (float32, float16 weights)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -108,17 +109,17 @@ def _tflite_recipes():
 def _rows() -> None:
     r = _tflite_recipes()
     register(Variant("tflite", "float32", "float32 weights and activations", gpu_candidate=True,
-                     configure=r.configure_float32))
+                     configure=r.configure_float32, method="none"))
     register(Variant("tflite", "float16", "float16 weights, float32 compute on CPU (the GPU delegate's preferred "
                                           "input)", gpu_candidate=True, configure=r.configure_float16,
-                     cli_flag="fp16"))
+                     cli_flag="fp16", method="none"))
     register(Variant("tflite", "dynamic", "int8 weights, float activations (dynamic-range quantisation)",
                      configure=r.configure_dynamic, cli_flag="dynamic"))
     register(Variant("tflite", "int8", "full-integer: int8 weights and activations", calibrated=True,
                      accuracy_gate=True, integer_io=True, configure=r.configure_int8, convert=r.convert_int8, cli_flag="int8"))
     register(Variant("tflite", "int16x8", "int8 weights, int16 activations", calibrated=True,
                      configure=r.configure_int16x8, cli_flag="int16x8"))
-    register(Variant("onnx", "float32", "float32 ONNX (tf2onnx, opset 17)"))
+    register(Variant("onnx", "float32", "float32 ONNX (tf2onnx, opset 17)", method="none"))
     register(Variant("onnx", "int8", "int8 QDQ ONNX (ONNX Runtime static quantisation)", calibrated=True))
 
 

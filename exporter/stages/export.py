@@ -31,8 +31,7 @@ def tflite_files(run: Run) -> list[Artifact]:
         # one MODEL_int8.tflite.
         role = ALTERNATIVE if (precision == "int8" and q.int8_rivals) else None
         name = artifact_name(run.name, precision, role="ptq" if role else None)
-        out.append(write_tflite(run, blob, name, precision, "none" if precision == "float32" else "ptq",
-                                facts, role=role))
+        out.append(write_tflite(run, blob, name, precision, row.method, facts, role=role))
     return out
 
 
