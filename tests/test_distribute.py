@@ -70,10 +70,12 @@ def start_workers(tmp_path, out: str, *args) -> list[subprocess.Popen]:
     """Both workers get the same --out (storage both can read): worker 0 writes it, worker 1 only reads it
     (--resume) and writes to a temporary folder that its last line names."""
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    scratch = tmp_path / "tmp"  # the non-chief's temporary folders, removed with tmp_path
+    scratch.mkdir(exist_ok=True)
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config, "TMPDIR": str(scratch)}
         procs.append(subprocess.Popen([EXPORTER, "train", *MULTI, "--out", out, *args], cwd=tmp_path, env=env,
                                       text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
