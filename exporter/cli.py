@@ -124,7 +124,8 @@ FreezeEpochsOpt = Annotated[int, typer.Option(
         "--freeze-epochs", help="Keep the encoder frozen for the first N epochs, then train it too at a tenth of the "
                                 "scheduled rate (with --encoder-weights: fine-tuning a pretrained encoder).")]
 DistributeOpt = Annotated[str, typer.Option(
-        help="none, or mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices).")]
+        help="none, mirrored: each batch split across all local GPUs (or --cpu-devices N CPU devices), or "
+             "multiworker: across the processes named in TF_CONFIG (the chief writes OUT).")]
 CpuDevicesOpt = Annotated[int, typer.Option(
         "--cpu-devices", help="With --distribute mirrored: mirror over N logical CPU devices (testing without GPUs).")]
 
@@ -163,7 +164,7 @@ def train(
     from its last checkpoint (epoch end, or every --save-every steps), also after a kill."""
     from architectures import build, get_spec, resolve_config
     from calibration.sources import load_splits
-    from exporter.distribute import make_strategy, scope
+    from exporter.distribute import is_chief, make_strategy, scope
     from exporter.train import claim_run_dir, seed_everything, train as run_training, training_dir
 
     if resume and overwrite:
@@ -172,7 +173,8 @@ def train(
                         loss=loss, class_weights=class_weights, lr_schedule=lr_schedule, warmup_epochs=warmup_epochs,
                         augment=augment, freeze_epochs=freeze_epochs)  # checks the recipe before any slow work
     options = _encoder_options(encoder_weights, freeze_encoder, freeze_epochs)
-    if not overwrite:  # refuse before any slow work; --overwrite replaces the run only once the data loaded
+    chief = is_chief(distribute)  # a multiworker run's other workers only read the run folder (checks TF_CONFIG)
+    if not overwrite and chief:  # refuse before any slow work; --overwrite replaces the run once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
     strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
     config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
@@ -183,10 +185,10 @@ def train(
     with scope(strategy):
         network = build(config)
     state = run_training(network, config, get_spec(model), splits, out, schedule, resume=resume,
-                         overwrite=overwrite, data_spec=data, strategy=strategy)
+                         overwrite=overwrite, data_spec=data, strategy=strategy, chief=chief)
     last = state["history"][-1] if state["history"] else {}
     typer.echo(f"trained {model}: {state['epochs_done']} epochs, held-out mIoU {last.get('val_miou', float('nan')):.4f}; "
-               f"weights in {training_dir(out, model) / 'weights.h5'}")
+               f"weights in {Path(state['written_to']) / 'weights.h5'}")
 
 
 _Q, _D, _B, _S = QuantSpec(), DataSpec(), BenchSpec(), Schedule()  # every default is declared in these specs

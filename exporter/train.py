@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -356,7 +357,7 @@ class _Checkpoints:
     files under temporary names and then its index file by rename; a save killed halfway leaves the
     previous checkpoint the latest). Restore falls back to an older one if the newest is damaged."""
 
-    def __init__(self, folder: Path, model):
+    def __init__(self, folder: Path, model, read_folder: Path | None = None):
         from exporter.keras import tf
 
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # epochs completed
@@ -364,6 +365,9 @@ class _Checkpoints:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, str(folder), max_to_keep=3)
+        # A multiworker run's non-chief worker restores the chief's checkpoints and saves its own elsewhere.
+        self.read = (self.manager if read_folder is None
+                     else tf.train.CheckpointManager(self.checkpoint, str(read_folder), max_to_keep=3))
 
     def save(self, epoch: int, step: int, number: int) -> None:
         self.epoch.assign(epoch)
@@ -372,9 +376,9 @@ class _Checkpoints:
 
     def restore(self) -> tuple[int, int]:
         """(epochs completed, steps into the next epoch) of the newest usable checkpoint."""
-        candidates = list(reversed(self.manager.checkpoints))
+        candidates = list(reversed(self.read.checkpoints))
         if not candidates:
-            raise ExporterError(f"{self.manager.directory}: nothing to resume (no checkpoint); run without --resume")
+            raise ExporterError(f"{self.read.directory}: nothing to resume (no checkpoint); run without --resume")
         for i, path in enumerate(candidates):
             try:
                 self.checkpoint.restore(path).expect_partial()
@@ -383,7 +387,7 @@ class _Checkpoints:
                     + ("trying the one before it" if i + 1 < len(candidates) else "no older checkpoint left"))
                 continue
             return int(self.epoch.numpy()), int(self.step.numpy())
-        raise ExporterError(f"{self.manager.directory}: no readable checkpoint to resume from")
+        raise ExporterError(f"{self.read.directory}: no readable checkpoint to resume from")
 
 
 def _run_to_resume(run_dir: Path, fingerprint: dict, schedule: Schedule):
@@ -410,14 +414,18 @@ def _announce(config, splits, schedule: Schedule, lr: float, class_weights, stra
 
 
 def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *, resume: bool = False,
-          overwrite: bool = False, data_spec: str = "synthetic", strategy=None) -> dict:
+          overwrite: bool = False, data_spec: str = "synthetic", strategy=None, chief: bool = True) -> dict:
     """Train `model` in place into OUT/MODEL/training; returns the state written to state.json.
-    `strategy` (exporter.distribute): the one `model` was built under; its batches are split across replicas."""
+    `strategy` (exporter.distribute): the one `model` was built under; its batches are split across replicas.
+    `chief` False (a multiworker run's other workers): the same steps, but the run folder is only read
+    (--resume restores its checkpoint); this worker's files go to a temporary folder, `state["written_to"]`."""
     from exporter.distribute import scope
     from exporter.parity import miou_from_confusion
 
     run_dir = training_dir(out, config.name)
-    claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if chief:
+        claim_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    write_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="exporter-worker-")) / config.name
     lr = schedule.learning_rate or spec.learning_rate
     augment = parse_augment(schedule.augment)
     class_weights = parse_class_weights(schedule.class_weights, config.num_classes, splits.train.masks)
@@ -428,7 +436,7 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
     with scope(strategy):
         compile_for_training(model, spec.output, lr, schedule.loss, class_weights)
         encoder = _Encoder(model, spec, schedule.freeze_epochs, strategy)
-    ckpt = _Checkpoints(run_dir / CHECKPOINTS, model)
+    ckpt = _Checkpoints(write_dir / CHECKPOINTS, model, None if chief else run_dir / CHECKPOINTS)
     start_epoch = start_step = 0
     if resume:
         start_epoch, start_step = ckpt.restore()
@@ -437,13 +445,13 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
         state.update(epochs_done=start_epoch, history=history)
         say(f"resuming {config.name} from epoch {start_epoch + 1}" + (f", step {start_step + 1}" if start_step else "")
             + f" ({start_epoch} epoch(s) done)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    write_dir.mkdir(parents=True, exist_ok=True)
 
     steps = int(np.ceil(len(splits.train) / schedule.batch_size))
     _announce(config, splits, schedule, lr, class_weights, strategy)
 
     def save(epoch: int, step: int) -> None:
-        write_json(run_dir / STATE_FILE, state)
+        write_json(write_dir / STATE_FILE, state)
         ckpt.save(epoch, step, number=epoch * steps + step)
 
     remaining = (schedule.epochs - start_epoch) * steps - start_step
@@ -473,13 +481,13 @@ def train(model, config, spec, splits: Splits, out: Path, schedule: Schedule, *,
             state["history"].append(record)
             state["epochs_done"] = epoch + 1
             save(epoch + 1, 0)
-            write_preview(run_dir / "previews" / f"epoch_{epoch + 1:03d}.png", splits.val.images[0],
+            write_preview(write_dir / "previews" / f"epoch_{epoch + 1:03d}.png", splits.val.images[0],
                           splits.val.masks[0], first_pred, config.num_classes)
-            write_curves(run_dir / CURVES_FILE, state["history"], f"{config.name}, loss {schedule.loss}")
+            write_curves(write_dir / CURVES_FILE, state["history"], f"{config.name}, loss {schedule.loss}")
             say(f"epoch {epoch + 1}/{schedule.epochs}: loss {record['loss']:.4f}, "
                 f"held-out mIoU {record['val_miou']:.4f}")
-    with atomic_path(run_dir / WEIGHTS_FILE) as tmp:
+    with atomic_path(write_dir / WEIGHTS_FILE) as tmp:
         model.save_weights(str(tmp))
     state["finished"] = True
-    write_json(run_dir / STATE_FILE, state)
-    return state
+    write_json(write_dir / STATE_FILE, state)
+    return {**state, "written_to": str(write_dir)}
