@@ -281,7 +281,7 @@ def test_bad_recipe_options_are_one_line_each(run_cli):
              ("--lr-schedule", "step"): "--lr-schedule 'step': unknown",
              ("--warmup-epochs", "3"): "--warmup-epochs 3: must be at least 0 and below --epochs (2)",
              ("--cpu-devices", "2"): "for --distribute mirrored only",
-             ("--distribute", "multiworker"): "--distribute 'multiworker': unknown"}
+             ("--distribute", "ring"): "--distribute 'ring': unknown"}
     for option, message in cases.items():
         result = run_cli("train", "--model", "unet", "--input-size", "32", "--epochs", "2", "--train-samples", "4",
                          "--val-samples", "2", "--classes", "3", *option)
