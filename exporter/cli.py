@@ -313,7 +313,7 @@ def convert(
                         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
                         ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
         bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
-        gate=GateSpec(require_gpu_compatible=require_gpu_compatible, strict=strict),
+        gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
     ))
     for check in report["checks"]:
         typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")

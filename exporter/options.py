@@ -128,7 +128,6 @@ class BenchSpec:
 @dataclasses.dataclass(frozen=True)
 class GateSpec:
     require_gpu_compatible: bool = False  # fail unless every float TFLite file is fully GPU-delegate compatible
-    strict: bool = False  # a failed accuracy check of a shipped file fails the command (exporter.policy)
 
 
 @dataclasses.dataclass(frozen=True)
