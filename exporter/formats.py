@@ -113,8 +113,9 @@ def _rows() -> None:
     register(Variant("tflite", "float16", "float16 weights, float32 compute on CPU (the GPU delegate's preferred "
                                           "input)", gpu_candidate=True, configure=r.configure_float16,
                      cli_flag="fp16", method="none"))
-    register(Variant("tflite", "dynamic", "int8 weights, float activations (dynamic-range quantisation)",
-                     configure=r.configure_dynamic, cli_flag="dynamic"))
+    register(Variant("tflite", "dynamic", "int8 weights, float activations (dynamic-range quantisation; "
+                                          "depthwise weights float, which XNNPACK runs)", accuracy_gate=True,
+                     configure=r.configure_dynamic, convert=r.convert_dynamic, cli_flag="dynamic"))
     register(Variant("tflite", "int8", "full-integer: int8 weights and activations", calibrated=True,
                      accuracy_gate=True, integer_io=True, configure=r.configure_int8, convert=r.convert_int8, cli_flag="int8"))
     register(Variant("tflite", "int16x8", "int8 weights, int16 activations", calibrated=True,

@@ -145,7 +145,9 @@ def checks(report: dict, weights_n: int) -> list[dict]:
     for art in gated:
         _accuracy_checks(out, report, art)
         _arm_agreement_check(out, report, art)
-        if art.get("role") != SELECTIVE:  # float ops and float weights are what --keep-float asked for
+        # Full-integer files only: float ops and float weights are what --keep-float's file and
+        # the dynamic-range file are made of.
+        if art.get("role") != SELECTIVE and variant("tflite", art["precision"]).integer_io:
             _content_checks(out, report, art, weights_n)
         _host_latency_info(out, report, art)
     if gated:

@@ -87,3 +87,57 @@ def test_unet_exports_the_transposed_convs_as_phase_convolutions():
     np.testing.assert_allclose(fixed(x).numpy(), model(x, training=False).numpy(), atol=1e-3)
     ops = op_histogram(to_tflite(fixed, config, "float32"))
     assert "TRANSPOSE_CONV" not in ops and ops.get("DEPTH_TO_SPACE") == 4
+
+
+def test_dynamic_range_depthwise_keeps_its_dequantised_weights_in_float_inside_xnnpack():
+    """A hybrid DEPTHWISE_CONV_2D (int8 weights, float input) has no XNNPACK kernel: the dynamic
+    recipe writes its weights back as float (int8 x channel scale, the values the hybrid kernel
+    used), so the whole graph is one XNNPACK partition; the other ops stay int8-weight hybrids."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    from exporter.convert.hybrid import float_weights_where_not_delegated
+    from exporter.convert.tflite import _converter, configure_dynamic, to_tflite
+    from exporter.keras import keras, tf
+    from exporter.runtimes import delegation
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    x = keras.layers.Conv2D(128, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)  # 3*3*128 weights: big enough to quantise
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(x))
+
+    class Config:
+        name, input_size = "tiny", (8, 8)
+
+    converter = _converter(model, Config)
+    configure_dynamic(converter, tf, "float")
+    hybrid = converter.convert()
+    rewritten = to_tflite(model, Config, "dynamic")
+
+    def depthwise_weights(blob):
+        m = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(blob), 0))
+        g = m.subgraphs[0]
+        op = next(op for op in g.operators if m.operatorCodes[op.opcodeIndex].builtinCode
+                  == schema.BuiltinOperator.DEPTHWISE_CONV_2D)
+        t = g.tensors[op.inputs[1]]
+        return t, np.frombuffer(bytes(bytearray(m.buffers[t.buffer].data)), {
+            schema.TensorType.INT8: np.int8, schema.TensorType.FLOAT32: np.float32}[t.type]).reshape(t.shape)
+
+    q, int8 = depthwise_weights(hybrid)
+    f, real = depthwise_weights(rewritten)
+    assert q.type == schema.TensorType.INT8 and f.type == schema.TensorType.FLOAT32
+    assert np.array_equal(real, int8.astype(np.float32) * np.asarray(q.quantization.scale, np.float32))
+    assert float_weights_where_not_delegated(rewritten) == rewritten  # nothing left to rewrite
+
+    def split(blob):
+        interp = Interpreter(model_content=blob)
+        interp.allocate_tensors()
+        return delegation(interp)
+
+    assert split(hybrid)["undelegated"] == {"DEPTHWISE_CONV_2D": 1}
+    assert split(rewritten) == {"partitions": 1, "undelegated": {}}
+    x = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
+    expected = model(x).numpy()
+    got, _ = _run(rewritten, x)
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from exporter.convert.edges import quantize_before_resize
+from exporter.convert.hybrid import float_weights_where_not_delegated
 from exporter.convert.ranges import DEFAULT_PERCENTILE, check_percentile, clip_calibrated_ranges
 from exporter.convert.signature import concrete_function
 from exporter.errors import ConversionError
@@ -77,6 +78,11 @@ def configure_float16(converter, tf, io: str) -> None:
 
 def configure_dynamic(converter, tf, io: str) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def convert_dynamic(converter, calibration_images, io: str, range_percentile: float) -> bytes:
+    """Hybrid ops XNNPACK has no kernel for keep float weights (exporter.convert.hybrid)."""
+    return float_weights_where_not_delegated(converter.convert())
 
 
 def configure_int8(converter, tf, io: str) -> None:
