@@ -112,6 +112,26 @@ class ReduceSum(keras.layers.Layer):
         return {**super().get_config(), "axis": self.axis}
 
 
+@keras.utils.register_keras_serializable(package="segexport")
+class DepthToSpace(keras.layers.Layer):
+    """tf.nn.depth_to_space as a layer (one DEPTH_TO_SPACE op; XNNPACK runs it in float and int8)."""
+
+    def __init__(self, block_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = int(block_size)
+
+    def call(self, x):
+        return tf.nn.depth_to_space(x, self.block_size)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        s = self.block_size
+        return (b, None if h is None else h * s, None if w is None else w * s, c // (s * s))
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size}
+
+
 def upsample_nearest_2x(x, name: str):
     """Nearest-neighbour 2x upsampling as concatenations and reshapes.
 

@@ -164,7 +164,7 @@ def _dw_pw(x, dw_kernel, filters, name, activation=None):
 
 
 def build_selfie(config):
-    from architectures.layers import pixel_input, scale_pixels, upsample_nearest_2x
+    from architectures.layers import DepthToSpace, pixel_input, scale_pixels, upsample_nearest_2x
     from exporter.keras import keras
 
     L = keras.layers
@@ -233,9 +233,40 @@ def build_selfie(config):
     x = output10
     for i in range(5):
         x = _dw_pw(x, 3, HEAD_CHANNELS, f"head{i}", activation="relu")
-    x = L.Conv2DTranspose(HEAD_CHANNELS, 2, strides=2, padding="same", **_init("linear"), name="head_upsample")(x)
-    scores = L.Conv2D(config.num_classes, 1, padding="same", activation="softmax", **_init("linear"), name="scores")(x)
+    if config.options.get("head") == "fused":  # export only: `export_weights`
+        # The 2x2 stride-2 transposed conv and the 1x1 scores conv are both linear, with nothing
+        # between them, and the deconv's taps do not overlap: each output phase is a 1x1 conv of the
+        # half-size map, so the pair is one 1x1 conv to 4 x classes channels and DEPTH_TO_SPACE.
+        # Same function; the 32-channel full-size map (TRANSPOSE_CONV, the only one left in the
+        # graph, and the scores GEMM over it) is never made.
+        x = L.Conv2D(4 * config.num_classes, 1, name="scores_phases")(x)
+        x = DepthToSpace(2, name="scores_interleave")(x)
+        scores = L.Softmax(name="scores")(x)
+    else:
+        x = L.Conv2DTranspose(HEAD_CHANNELS, 2, strides=2, padding="same", **_init("linear"), name="head_upsample")(x)
+        scores = L.Conv2D(config.num_classes, 1, padding="same", activation="softmax", **_init("linear"),
+                          name="scores")(x)
     return keras.Model(inputs, scores, name="selfie")
+
+
+def fused_head_weights(model, fixed) -> None:
+    """Trained weights into the export graph built with head="fused": every layer as it is, and
+    scores_phases = the deconv (kernel [2, 2, filters, in]) followed by the scores conv, per phase."""
+    import numpy as np
+
+    for layer in fixed.layers:
+        if not layer.weights:
+            continue
+        if layer.name != "scores_phases":
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+            continue
+        deconv, bias_d = model.get_layer("head_upsample").get_weights()
+        kernel_s, bias_s = model.get_layer("scores").get_weights()
+        w = kernel_s[0, 0]  # [filters, classes]
+        # Output pixel (2i + a, 2j + b) = input (i, j) through tap (a, b): no padding at k = s = 2.
+        # DEPTH_TO_SPACE reads channels in (a, b, class) order.
+        fused = np.einsum("abfc,fn->cabn", deconv, w).reshape(deconv.shape[-1], -1)
+        layer.set_weights([fused[None, None], np.tile(bias_d @ w + bias_s, 4)])
 
 
 register(
@@ -249,7 +280,10 @@ register(
         output="softmax",
         min_input=INPUT_MULTIPLE,
         input_multiple=INPUT_MULTIPLE,
-        options={},
+        options={"head": "transpose"},
+        # Exported with the head's deconv and scores conv as one per-phase 1x1 conv (same function).
+        export_options={"head": "fused"},
+        export_weights=fused_head_weights,
         # Its attention blocks square their input with no normalisation anywhere: at Adam's usual
         # 1e-3 the loss went to NaN within the first epoch and at 3e-4 one epoch spiked to 2e5 and
         # left the model predicting background only (128x128 synthetic scenes); 1e-4 trained stably.

@@ -12,7 +12,7 @@ test_registry_contracts.py; this file keeps what is the selfie model's own.
 import numpy as np
 import pytest
 
-from architectures import create_model, get_spec
+from architectures import build, create_model, get_spec, resolve_config
 from architectures.selfie import LABELS, patch_fold, patch_unfold
 from exporter.keras import keras, tf
 
@@ -309,3 +309,18 @@ def test_fresh_weights_carry_signal_and_train_stably():
     losses = [float(model.train_on_batch(x[i % 2 * 8:][:8], y[i % 2 * 8:][:8])) for i in range(12)]
     assert np.all(np.isfinite(losses)), losses
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+
+
+def test_export_graph_fuses_the_head_deconv_into_the_scores_conv():
+    """Exported, the head's 2x2 stride-2 deconv and the 1x1 scores conv are one 1x1 conv to
+    4 x classes channels and DEPTH_TO_SPACE (the registry contract test checks the function is the
+    training graph's): no TRANSPOSE_CONV is left and no 32-channel map at full size is made."""
+    from exporter.convert.signature import export_model
+    from exporter.convert.tflite import op_histogram, to_tflite
+
+    config = resolve_config("selfie", input_size=SMALL)
+    model = build(config)
+    fixed = export_model(model, config)
+    ops = op_histogram(to_tflite(fixed, config, "float32"))
+    assert "TRANSPOSE_CONV" not in ops and ops.get("DEPTH_TO_SPACE") == 1, ops
+    assert fixed.get_layer("scores_phases").kernel.shape == (1, 1, 32, 4 * config.num_classes)
