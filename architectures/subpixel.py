@@ -123,3 +123,20 @@ class PhaseConv2DTranspose(SubpixelConv2DTranspose):
                 # into the CONV_2D, where int8 RELU after DEPTH_TO_SPACE ran outside XNNPACK.
                 outputs.append(self.activation(y if self.bias is None else tf.nn.bias_add(y, self.bias)))
         return tf.nn.depth_to_space(tf.concat(outputs, axis=-1), s)
+
+
+# XNNPACK's int8 GEMMs on a dot-product ARM core (4x16c4) compute output channels 16 at a time.
+GEMM_TILE = 16
+
+
+def cheapest_form(filters: int, kernel: int, stride: int):
+    """The sub-pixel layer with fewer multiply-adds once output channels are padded to the GEMM
+    tile: PhaseConv2DTranspose runs each phase on its own taps (9 for kernel 3, stride 2) with
+    `filters` outputs each; the dense SubpixelConv2DTranspose runs all phases at once over the
+    whole window (4 taps) with stride^2 x filters outputs. For UNet's 3-class logits layer that is
+    9 x 16 against 4 x 16 padded channel-taps; for its 64-512-filter decoder layers the phases win."""
+    taps, lo, hi = _phase_taps(kernel, stride)
+    padded = lambda n: -(-n // GEMM_TILE) * GEMM_TILE  # noqa: E731
+    phases = sum(len(taps[ry]) * len(taps[rx]) for ry in range(stride) for rx in range(stride)) * padded(filters)
+    dense = (hi - lo + 1) ** 2 * padded(stride * stride * filters)
+    return SubpixelConv2DTranspose if dense < phases else PhaseConv2DTranspose

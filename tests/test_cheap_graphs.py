@@ -87,6 +87,27 @@ def test_unet_exports_the_transposed_convs_as_phase_convolutions():
     np.testing.assert_allclose(fixed(x).numpy(), model(x, training=False).numpy(), atol=1e-3)
     ops = op_histogram(to_tflite(fixed, config, "float32"))
     assert "TRANSPOSE_CONV" not in ops and ops.get("DEPTH_TO_SPACE") == 4
+    # Per layer the cheaper form on 16-wide int8 GEMM tiles: the 3-class logits layer dense (4 taps x
+    # 12 channels, padded to 16) rather than per phase (9 taps x 3 channels, each padded to 16).
+    forms = {layer.name: type(layer).__name__ for layer in fixed.layers if layer.name.endswith(("deconv", "logits"))}
+    assert forms == {**{f"up{i}_deconv": "PhaseConv2DTranspose" for i in range(3)},
+                     "logits": "SubpixelConv2DTranspose"}, forms
+
+
+@pytest.mark.parametrize("filters,expected", [(3, "SubpixelConv2DTranspose"), (4, "SubpixelConv2DTranspose"),
+                                              (8, "SubpixelConv2DTranspose"), (16, "PhaseConv2DTranspose"), (64, "PhaseConv2DTranspose")])
+def test_cheapest_deconvolution_form_counts_padded_gemm_channels(filters, expected):
+    from architectures.subpixel import SubpixelConv2DTranspose, cheapest_form
+    from exporter.keras import keras
+
+    assert cheapest_form(filters, 3, 2).__name__ == expected
+    x = np.random.default_rng(0).normal(size=(1, 5, 6, 7)).astype(np.float32)
+    ref = keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", bias_initializer="glorot_uniform")
+    expected_out = ref(x).numpy()
+    dense = SubpixelConv2DTranspose(filters, 3, 2)
+    dense.build(x.shape)
+    dense.set_weights(ref.get_weights())
+    np.testing.assert_allclose(dense(x).numpy(), expected_out, atol=1e-5)
 
 
 def test_dynamic_range_depthwise_keeps_its_dequantised_weights_in_float_inside_xnnpack():
