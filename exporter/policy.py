@@ -13,6 +13,7 @@ exporter.recommend (`gate`) and by the choice of the shipped int8 file (`better_
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from exporter.formats import ALTERNATIVE, SELECTIVE, baseline_name, variant
 
@@ -56,7 +57,9 @@ def model_gates(model: str) -> dict[str, float]:
 
 def worst_class_drop(reference_iou: dict, iou: dict) -> tuple[str, float] | None:
     """(class, IoU lost against float) of the class that lost most; None when nothing to compare."""
-    drops = {c: reference_iou[c] - v for c, v in iou.items() if v is not None and reference_iou.get(c) is not None}
+    # Classes absent from the held-out masks have no IoU: None in reports, NaN in metric arrays.
+    known = lambda v: v is not None and math.isfinite(v)  # noqa: E731
+    drops = {c: reference_iou[c] - v for c, v in iou.items() if known(v) and known(reference_iou.get(c))}
     if not drops:
         return None
     worst = max(drops, key=drops.get)

@@ -254,10 +254,13 @@ def _evaluate_blob(blob: bytes, heldout, num_classes: int, reference_preds=None)
 
 
 def worst_class_delta(iou: np.ndarray, reference_iou: np.ndarray) -> float:
-    """The largest per-class IoU loss against the reference, as a (negative) delta; classes absent
-    from both (NaN) are skipped."""
-    delta = np.asarray(iou, dtype=float) - np.asarray(reference_iou, dtype=float)
-    return float(np.nanmin(delta)) if np.isfinite(delta).any() else 0.0
+    """The largest per-class IoU loss against the reference, as a (negative) delta (policy's rule,
+    on per-class arrays); 0.0 when no class has both IoUs."""
+    from exporter.policy import worst_class_drop
+
+    worst = worst_class_drop(dict(enumerate(np.asarray(reference_iou, float).tolist())),
+                             dict(enumerate(np.asarray(iou, float).tolist())))
+    return -float(worst[1]) if worst else 0.0
 
 
 def keep_float_auto(model, config, calibration_images, heldout, max_miou_drop: float = 0.003,
