@@ -163,11 +163,11 @@ def test_convert_stage_without_the_environment_says_why_and_measures_nothing(tmp
 
     monkeypatch.setenv("SEGEXPORT_ARM_CACHE", str(tmp_path / "empty"))
     artifacts = [{"file": "m_float32.tflite", "format": "tflite", "precision": "float32", "bytes": 1}]
-    summary = measure_arm(artifacts, tmp_path, None, arm_env.CORES)
+    per_file, summary = measure_arm(artifacts, tmp_path, None, arm_env.CORES)
     assert set(summary) == {"arm_status"} and "make arm-env" in summary["arm_status"]
-    assert "arm" not in artifacts[0]
+    assert per_file == {}
     assert recommended_lines(summary) == [f"- ARM: not measured ({summary['arm_status']})."]
-    assert measure_arm(artifacts, tmp_path, None, ()) == {"arm_status": "not requested (--arm none, --no-arm or --no-bench)"}
+    assert measure_arm(artifacts, tmp_path, None, ()) == ({}, {"arm_status": "not requested (--arm none, --no-arm or --no-bench)"})
 
 
 def test_arm_option_parsing():
@@ -178,3 +178,27 @@ def test_arm_option_parsing():
     assert parse_cores("none") == parse_cores("") == ()
     with pytest.raises(ExporterError, match="--arm 'cortex-a53'"):
         parse_cores("cortex-a76,cortex-a53")
+
+
+@needs_arm
+def test_convert_stage_measures_every_tflite_file_without_touching_the_records(cnn_files, measured):
+    """measure_arm returns per-file entries (the stage's records are not written into) whose counts
+    are the runner's, with the float32 file's count over each file's as the ratio."""
+    import copy
+
+    from exporter.arm.cost_stage import measure_arm
+    from calibration.dataset import SegData
+
+    images = np.concatenate(pixels(7, 2)).astype(np.uint8)
+    val = SegData(images=images, masks=np.zeros(images.shape[:3], np.uint8), labels=("a", "b", "c", "d"),
+                  ids=["0", "1"], source="test")
+    artifacts = [{"file": path.name, "format": "tflite", "precision": kind, "bytes": path.stat().st_size,
+                  "float_ops": []} for kind, path in cnn_files.items()]
+    before = copy.deepcopy(artifacts)
+    per_file, summary = measure_arm(artifacts, cnn_files["int8"].parent, val, ("cortex-a76",))
+    assert artifacts == before and "arm_run" in summary
+    float32, int8 = (per_file[cnn_files[k].name]["cortex-a76"] for k in ("float32", "int8"))
+    assert float32["ratio_to_float32"] == 1.0
+    assert int8["ratio_to_float32"] == round(float32["instructions"] / int8["instructions"], 4) > 1
+    # The runner's count for the same file; other pixels move it by a few hundred instructions at most.
+    assert abs(int8["instructions"] - measured("int8", "cortex-a76").instructions) < 1e-3 * int8["instructions"]

@@ -1,13 +1,13 @@
 """The ARM stage of `convert`: every TFLite file's cost on emulated ARM cores, beside the host figures.
 
-    summary = measure_arm(artifacts, folder, val, ("cortex-a76", "cortex-a55"))
+    per_file, summary = measure_arm(artifacts, folder, val, ("cortex-a76", "cortex-a55"))
 
-For each TFLite artifact and core it adds `artifact["arm"][core]`: the steady-state guest
+For each TFLite artifact and core it measures `per_file[file][core]`: the steady-state guest
 instructions per inference (exporter.arm.runner), its dot-product (SDOT/UDOT) and FMA (FMLA)
 instructions, the ratio of the float32 file's instructions to this file's on the same core, and
 `agreement_with_host`: the fraction of pixels whose argmax on the ARM kernels equals the host
-LiteRT's on the same file and held-out samples (int8 kernels round differently per CPU). It
-returns the report's top-level entry: {"arm_run": how it was measured} or, when nothing was
+LiteRT's on the same file and held-out samples (int8 kernels round differently per CPU). `summary` is
+the report's top-level entry: {"arm_run": how it was measured} or, when nothing was
 measured, {"arm_status": the one-line reason}. Nothing here fails the convert: a file the
 emulator cannot run gets {"error": reason} for that core.
 
@@ -60,22 +60,23 @@ def samples_for(art: dict) -> int:
     return FLOAT_SAMPLES if art["precision"] in FLOAT_PRECISIONS else QUANTISED_SAMPLES
 
 
-def measure_arm(artifacts: list[dict], folder: Path, val, cores) -> dict:
-    """Add `arm` to each TFLite artifact (in place); return {"arm_run": ...} or {"arm_status": reason}."""
+def measure_arm(artifacts: list[dict], folder: Path, val, cores) -> tuple[dict, dict]:
+    """({TFLite file: {core: entry}}, {"arm_run": ...} or {"arm_status": reason}); the artifacts
+    (report entries: file, format, precision, bytes, float_ops) are only read."""
     cores = check_cores(cores)
     if not cores:
-        return {"arm_status": "not requested (--arm none, --no-arm or --no-bench)"}
+        return {}, {"arm_status": "not requested (--arm none, --no-arm or --no-bench)"}
     reason = arm_env.check()
     if reason is not None:
         say(f"ARM: not measured ({reason})")
-        return {"arm_status": reason}
+        return {}, {"arm_status": reason}
     files = [a for a in artifacts if a["format"] == "tflite"]
+    per_file = {a["file"]: {} for a in files}
     started, cpu_before = time.monotonic(), _children_cpu()
     jobs = []
     for art in files:
         n = min(samples_for(art), len(val))
         raw, host, detail = _host_reference(Path(folder) / art["file"], val.images[:n])
-        art["arm"] = {}
         for core in cores:
             jobs.append((art, core, raw, host, detail))
     # Slowest first (float kernels, then larger files), so the last job to finish is a short one.
@@ -100,18 +101,18 @@ def measure_arm(artifacts: list[dict], folder: Path, val, cores) -> dict:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(run, jobs))
     for art, core, entry in results:
-        art["arm"][core] = entry
-    baseline = next((a for a in files if a["precision"] == "float32"), None)
-    for art in files:
-        for core, entry in art["arm"].items():
-            base = (baseline or {}).get("arm", {}).get(core, {}).get("instructions")
+        per_file[art["file"]][core] = entry
+    baseline = next((a["file"] for a in files if a["precision"] == "float32"), None)
+    for entries in per_file.values():
+        for core, entry in entries.items():
+            base = per_file.get(baseline, {}).get(core, {}).get("instructions")
             if "instructions" in entry:
                 entry["ratio_to_float32"] = round(base / entry["instructions"], 4) if base else None
     env = arm_env.load()
     seconds = round(time.monotonic() - started, 1)
     cpu_seconds = round(_children_cpu() - cpu_before, 1)
     say(f"ARM cost: done in {seconds:.0f} s ({cpu_seconds:.0f} CPU seconds of emulation)")
-    return {"arm_run": {
+    return per_file, {"arm_run": {
         "cores": {core: {"qemu_cpu": env.cpus[core], "cpuinfo": core} for core in cores},
         "litert_version": env.litert_version,
         "threads": 1,

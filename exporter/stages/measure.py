@@ -59,9 +59,8 @@ def arm_cost(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]
     (records, the report's top-level "arm_run" or "arm_status")."""
     from exporter.arm.cost_stage import measure_arm
 
-    entries = [a.to_json() for a in artifacts]  # measure_arm fills in "arm" on these copies
-    top = measure_arm(entries, run.staging, run.val, run.opts.bench.arm)
-    return [a.measured(arm=e["arm"]) if "arm" in e else a for a, e in zip(artifacts, entries)], top
+    per_file, top = measure_arm([a.to_json() for a in artifacts], run.staging, run.val, run.opts.bench.arm)
+    return [a.measured(arm=per_file[a.file]) if a.file in per_file else a for a in artifacts], top
 
 
 def per_class(labels, iou) -> dict:
