@@ -121,7 +121,7 @@ def _conv_block(x, expand, stride, out, name):
     return L.Conv2D(out, 1, padding="same", **_init("linear"), name=f"{name}_project")(x)
 
 
-def _large_block(x, channels, num_patches, name):
+def _large_block(x, channels, num_patches, name, fold_double=False):
     """The seed's largeBlock on an unfolded map [B, 16, patches, C] (C = the seed's MUL).
 
     s = 2*x^2; a = softmax over patches of conv1x1(s -> 1); context = sum over patches of
@@ -133,7 +133,8 @@ def _large_block(x, channels, num_patches, name):
     L = keras.layers
     p2 = PATCH * PATCH
     sq = L.Multiply(name=f"{name}_square")([x, x])
-    sq = L.Add(name=f"{name}_double")([sq, sq])
+    if not fold_double:  # export folds the 2 into the four 1x1 convs that read s (`export_weights`)
+        sq = L.Add(name=f"{name}_double")([sq, sq])
     # Context scores: one per position, softmax over the patches for each in-patch position.
     score = L.Conv2D(1, 1, **_init("linear"), name=f"{name}_score")(sq)
     score = L.Reshape((p2, 1, num_patches), name=f"{name}_score_r0")(score)
@@ -175,6 +176,7 @@ def build_selfie(config):
     grid4 = (h // 16 // PATCH, w // 16 // PATCH)  # 4x4 patches at 256x256
     n3, n4 = grid3[0] * grid3[1], grid4[0] * grid4[1]
 
+    fold_double = config.options.get("double") == "folded"  # export only: `export_weights`
     inputs = pixel_input(config)
     x0 = scale_pixels(inputs, 1.0 / 255.0, 0.0)  # [0, 1]: the seed's "Normalized" runs
     x0 = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", **_init("conv"), name="stem_conv")(x0)
@@ -191,7 +193,7 @@ def build_selfie(config):
     x2 = L.Conv2D(STAGE3_CHANNELS, 1, padding="same", activation="relu", **_init("stage_in"), name="block2_conv1x1")(x2)
     x3 = patch_unfold(x2, grid3, STAGE3_CHANNELS, "stage3_unfold")
     for i in range(2):
-        x3 = _large_block(x3, STAGE3_CHANNELS, n3, f"stage3_attn{i}")
+        x3 = _large_block(x3, STAGE3_CHANNELS, n3, f"stage3_attn{i}", fold_double)
     x3 = patch_fold(x3, grid3, STAGE3_CHANNELS, "stage3_fold")
     output3 = L.Conv2D(256, 1, padding="same", **_init("linear"), name="output3")(x3)
 
@@ -201,7 +203,7 @@ def build_selfie(config):
     x4 = L.Conv2D(STAGE4_CHANNELS, 1, padding="same", activation="relu", **_init("stage_in"), name="block4_conv1x1")(x4)
     x4 = patch_unfold(x4, grid4, STAGE4_CHANNELS, "stage4_unfold")
     for i in range(4):
-        x4 = _large_block(x4, STAGE4_CHANNELS, n4, f"stage4_attn{i}")
+        x4 = _large_block(x4, STAGE4_CHANNELS, n4, f"stage4_attn{i}", fold_double)
     x4 = patch_fold(x4, grid4, STAGE4_CHANNELS, "stage4_fold")
     x4 = L.Conv2D(384, 1, padding="same", **_init("linear"), name="block4_expand_out")(x4)
     x4 = L.DepthwiseConv2D(1, padding="same", **_init("depthwise_linear"), name="block4_dw_out")(x4)
@@ -249,24 +251,33 @@ def build_selfie(config):
     return keras.Model(inputs, scores, name="selfie")
 
 
-def fused_head_weights(model, fixed) -> None:
-    """Trained weights into the export graph built with head="fused": every layer as it is, and
-    scores_phases = the deconv (kernel [2, 2, filters, in]) followed by the scores conv, per phase."""
+# The 1x1 convs of an attention block that read s = 2x^2 (`_large_block`).
+_READS_DOUBLE = ("_score", "_value", "_gate_conv", "_ffn_expand")
+
+
+def export_weights(model, fixed) -> None:
+    """Trained weights into the export graph (`export_options`): every layer as it is, except
+    scores_phases = the deconv (kernel [2, 2, filters, in]) followed by the scores conv, per phase,
+    and, with double="folded", the four 1x1 convs reading s = 2x^2 take the 2 in their kernels."""
     import numpy as np
 
+    folded = not any(layer.name.endswith("_double") for layer in fixed.layers)
     for layer in fixed.layers:
         if not layer.weights:
             continue
-        if layer.name != "scores_phases":
+        if layer.name == "scores_phases":
+            deconv, bias_d = model.get_layer("head_upsample").get_weights()
+            kernel_s, bias_s = model.get_layer("scores").get_weights()
+            w = kernel_s[0, 0]  # [filters, classes]
+            # Output pixel (2i + a, 2j + b) = input (i, j) through tap (a, b): no padding at k = s = 2.
+            # DEPTH_TO_SPACE reads channels in (a, b, class) order.
+            fused = np.einsum("abfc,fn->cabn", deconv, w).reshape(deconv.shape[-1], -1)
+            layer.set_weights([fused[None, None], np.tile(bias_d @ w + bias_s, 4)])
+        elif folded and layer.name.startswith("stage") and layer.name.endswith(_READS_DOUBLE):
+            kernel, bias = model.get_layer(layer.name).get_weights()
+            layer.set_weights([2.0 * kernel, bias])  # exact: a power of two
+        else:
             layer.set_weights(model.get_layer(layer.name).get_weights())
-            continue
-        deconv, bias_d = model.get_layer("head_upsample").get_weights()
-        kernel_s, bias_s = model.get_layer("scores").get_weights()
-        w = kernel_s[0, 0]  # [filters, classes]
-        # Output pixel (2i + a, 2j + b) = input (i, j) through tap (a, b): no padding at k = s = 2.
-        # DEPTH_TO_SPACE reads channels in (a, b, class) order.
-        fused = np.einsum("abfc,fn->cabn", deconv, w).reshape(deconv.shape[-1], -1)
-        layer.set_weights([fused[None, None], np.tile(bias_d @ w + bias_s, 4)])
 
 
 register(
@@ -280,10 +291,11 @@ register(
         output="softmax",
         min_input=INPUT_MULTIPLE,
         input_multiple=INPUT_MULTIPLE,
-        options={"head": "transpose"},
-        # Exported with the head's deconv and scores conv as one per-phase 1x1 conv (same function).
-        export_options={"head": "fused"},
-        export_weights=fused_head_weights,
+        options={"head": "transpose", "double": "add"},
+        # Exported with the head's deconv and scores conv as one per-phase 1x1 conv, and each
+        # attention block's s = x^2 + x^2 ADD folded into the convs reading s (same function).
+        export_options={"head": "fused", "double": "folded"},
+        export_weights=export_weights,
         # Its attention blocks square their input with no normalisation anywhere: at Adam's usual
         # 1e-3 the loss went to NaN within the first epoch and at 3e-4 one epoch spiked to 2e5 and
         # left the model predicting background only (128x128 synthetic scenes); 1e-4 trained stably.

@@ -311,16 +311,41 @@ def test_fresh_weights_carry_signal_and_train_stably():
     assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
 
 
-def test_export_graph_fuses_the_head_deconv_into_the_scores_conv():
+def test_export_graph_fuses_the_head_and_folds_the_doubling():
     """Exported, the head's 2x2 stride-2 deconv and the 1x1 scores conv are one 1x1 conv to
-    4 x classes channels and DEPTH_TO_SPACE (the registry contract test checks the function is the
-    training graph's): no TRANSPOSE_CONV is left and no 32-channel map at full size is made."""
+    4 x classes channels and DEPTH_TO_SPACE (no TRANSPOSE_CONV, no 32-channel map at full size),
+    and each attention block's s = x^2 + x^2 ADD is folded into the four convs that read s; the
+    function is the training graph's, with every weight non-zero."""
     from exporter.convert.signature import export_model
     from exporter.convert.tflite import op_histogram, to_tflite
 
     config = resolve_config("selfie", input_size=SMALL)
     model = build(config)
+    # Fresh weights leave every attention branch at zero (its output convs start at zero), which
+    # would hide a wrong fold of the x^2 + x^2 ADD: give those convs values.
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if layer.name.startswith("stage") and layer.name.endswith(("_proj", "_ffn_project")):
+            layer.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in layer.get_weights()])
     fixed = export_model(model, config)
+    x = rng.uniform(0, 255, (1, SMALL, SMALL, 3)).astype(np.float32)
+    want, got = model(x, training=False).numpy(), fixed(x).numpy()
+    assert want.std() > 1e-3
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    without_attention = model_at_batch_1(model, config)
+    for layer in without_attention.layers:
+        if layer.name.endswith(("_proj", "_ffn_project")):
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    assert np.abs(without_attention(x).numpy() - want).max() > 1e-3  # the attention branches count
     ops = op_histogram(to_tflite(fixed, config, "float32"))
     assert "TRANSPOSE_CONV" not in ops and ops.get("DEPTH_TO_SPACE") == 1, ops
+    assert ops["ADD"] == op_histogram(to_tflite(model_at_batch_1(model, config), config, "float32"))["ADD"] - 6
     assert fixed.get_layer("scores_phases").kernel.shape == (1, 1, 32, 4 * config.num_classes)
+
+
+def model_at_batch_1(model, config):
+    import dataclasses
+
+    plain = build(dataclasses.replace(config, batch_size=1))
+    plain.set_weights(model.get_weights())
+    return plain
