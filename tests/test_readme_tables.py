@@ -76,6 +76,11 @@ def test_a_report_with_arm_figures_shows_the_ratio_and_the_recommended_file():
     row = next(line for line in table.splitlines() if line.startswith("| `toy` |"))
     assert row.endswith("| pass | 1.00 / 4.00 | `toy_int8.tflite` | 3.00× |")
     assert "not in the report" not in table
+    # The ratio is the recommended file's (the speed check's), whichever file that is.
+    report = _report(arm=True)
+    report["recommended"]["cpu"] = "toy_float32.tflite"
+    row = next(line for line in rt.render([report]).splitlines() if line.startswith("| `toy` |"))
+    assert row.endswith("| `toy_float32.tflite` | 1.00× |")
 
 
 def test_an_arm_status_is_quoted_as_the_reason():
