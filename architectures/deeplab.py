@@ -195,14 +195,8 @@ def build_deeplab(config):
     head = layers.Multiply(name="aspp_gated")([branch, gate])
 
     # Decoder at output stride 8, sum merge, output is logits.
-    if config.options.get("decoder") == "classify_first":  # export only
-        # Bilinear weights sum to one, so resizing commutes with a 1x1 conv and its bias: the same
-        # logits from 21 resized channels instead of 128, and the conv on the stride-32 map.
-        head_logits = layers.Conv2D(config.num_classes, 1, name="decoder_aspp_logits")(head)
-        head_logits = resize(head_logits, tap.shape[1:3], "decoder_upsample")
-    else:
-        head = resize(head, tap.shape[1:3], "decoder_upsample")
-        head_logits = layers.Conv2D(config.num_classes, 1, name="decoder_aspp_logits")(head)
+    head = resize(head, tap.shape[1:3], "decoder_upsample")
+    head_logits = layers.Conv2D(config.num_classes, 1, name="decoder_aspp_logits")(head)
     tap_logits = layers.Conv2D(config.num_classes, 1, name="decoder_feature_logits")(tap)
     logits = layers.Add(name="decoder_sum")([head_logits, tap_logits])
     logits = resize(logits, config.input_size, "logits")
@@ -220,8 +214,7 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack", "decoder": "upsample_first"},
-        export_options={"decoder": "classify_first"},
+        options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"},
         learning_rate=1e-3,
     )
 )

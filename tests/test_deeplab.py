@@ -136,9 +136,7 @@ def test_registered_with_voc_defaults():
     assert spec.labels[-1] == "tvmonitor"
     assert spec.input_size == (256, 256)
     assert spec.output == "logits"
-    assert spec.options == {"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack",
-                            "decoder": "upsample_first"}
-    assert spec.export_options == {"decoder": "classify_first"}  # same function (registry contract test)
+    assert spec.options == {"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"}
     assert spec.input_multiple == 32 and spec.min_input == 32
 
 
@@ -398,17 +396,3 @@ def test_int8_hard_swish_decomposition_is_as_accurate_as_the_builtin():
     assert "HARD_SWISH" in builtin_ops and "HARD_SWISH" not in xnnpack_ops
     assert {"ADD", "MUL"} <= xnnpack_ops
     assert xnnpack_error <= 1.1 * builtin_error, (xnnpack_error, builtin_error)
-
-
-def test_export_graph_classifies_before_upsampling():
-    """Exported, the head's 1x1 logits conv runs on the stride-32 map and the x4 resize carries the
-    classes, not the 128 head channels (resizing commutes with a 1x1 conv; the registry contract test
-    checks the function is the training graph's)."""
-    from architectures import build, resolve_config
-    from exporter.convert.signature import export_model
-
-    config = resolve_config("deeplab", input_size=64)
-    model = build(config)
-    fixed = export_model(model, config)
-    assert model.get_layer("decoder_upsample").input.shape[-1] == 128
-    assert fixed.get_layer("decoder_upsample").input.shape[-1] == config.num_classes
