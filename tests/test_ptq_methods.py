@@ -138,3 +138,32 @@ def test_smoothquant_exact_in_float(name):
     assert smoothed, recipe
     assert all(v["error_after"] <= v["error_before"] for v in recipe["edges"].values())
     assert relative_close(before, fixed.predict(x, verbose=0)) < 1e-5
+
+
+def test_relu_swap_opens_relu6_pairs_to_equalisation_and_changes_only_clipped_values():
+    """ReLU6 stops CLE (relu6(x / s) != relu6(x) / s); after the swap the pair is equalisable, and
+    the float function differs from the original only where a pre-activation exceeded 6."""
+    from exporter.keras import keras
+    from exporter.ptq import apply_methods
+    from exporter.ptq.equalize import pairs
+    from exporter.ptq.relu_swap import relu6_layers
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.ReLU(6.0, name="c1_relu6")(x)
+    x = keras.layers.Conv2D(8, 1, activation="relu6", name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="head")(x))
+    assert pairs(model) == [] and [layer.name for layer in relu6_layers(model)] == ["c1_relu6", "c2"]
+
+    class Config:
+        name = "tiny"
+
+    small = np.random.default_rng(0).normal(0, 0.05, (2, 8, 8, 3)).astype(np.float32)  # never reaches 6
+    big = small * 400  # clips
+    swapped, recipe = apply_methods(model, Config, small, ["relu_swap", "cle"])
+    assert recipe["methods"] == ["relu_swap", "cle"] and recipe["relu_swap"]["swapped"] == ["c1_relu6", "c2"]
+    assert {e.name for e in pairs(swapped)} == {"c1->c2", "c2->head"} and recipe["cle"]["pairs"]
+    assert relu6_layers(model) and not relu6_layers(swapped)  # the caller's model keeps its ReLU6
+    assert relative_close(model.predict(small, verbose=0), swapped.predict(small, verbose=0)) < 1e-5
+    assert relative_close(model.predict(big, verbose=0), swapped.predict(big, verbose=0)) > 1e-2

@@ -1,11 +1,13 @@
 """Post-training methods that repair what int8 rounding breaks (issue 18).
 
 Each method takes the float Keras model that is converted (`export_model`'s batch-1 rebuild) and
-changes its weights only (same layers, same graph), so the TFLite converter's own int8 rounding
-of the result is what ships; `apply_methods` runs a list of them on a copy and returns the copy
+changes its weights only (same layers, same graph; `relu_swap` alone changes activations, ReLU6 to
+ReLU, so CLE can act on MobileNet pairs), so the TFLite converter's own int8 rounding of the result
+is what ships; `apply_methods` runs a list of them on a copy and returns the copy
 with a recipe of what each changed. `choose_method` is `--ptq-method auto`'s selection.
 
-Methods run in `METHODS` order whatever order they are named in: the rescalings first (they
+Methods run in `METHODS` order whatever order they are named in: the ReLU swap first (it makes
+pairs equalisable), the rescalings next (they
 change the ranges the weight grid is built on), then AdaRound (fixes the weights on that grid),
 then bias correction (corrects the mean shift the final weights' rounding leaves).
 """
@@ -27,6 +29,18 @@ class Method:
     applies_to: str
     description: str
     applicable: Callable  # applicable(model) -> bool: the model has a layer pattern it acts on
+
+
+def _relu_swap(model, images):
+    from exporter.ptq.relu_swap import swap
+
+    return swap(model)
+
+
+def _has_relu6(model) -> bool:
+    from exporter.ptq.relu_swap import relu6_layers
+
+    return bool(relu6_layers(model))
 
 
 def _equalize(model, images):
@@ -81,6 +95,9 @@ def _has_biases(model) -> bool:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("relu_swap", _relu_swap, "ReLU6 activations (UNet's MobileNetV2 encoder)",
+           "ReLU6 replaced by ReLU so `cle` can equalise those pairs (changes the float function where "
+           "a pre-activation exceeded 6; measured like any method)", _has_relu6),
     Method("smoothquant", _smooth, "LayerNorm -> Dense/conv and linear -> Dense/1x1-conv edges (SegFormer, selfie)",
            "SmoothQuant: per-channel activation outliers moved into the next matmul's weights, alpha measured per edge",
            _has_smooth_edges),
