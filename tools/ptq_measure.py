@@ -28,7 +28,8 @@ def main() -> None:
     from exporter.convert.signature import export_model
     from exporter.convert.tflite import to_tflite
     from exporter.parity import evaluate
-    from exporter.pipeline import ConvertOptions, prepare_model
+    from exporter.options import ConvertOptions, DataSpec
+    from exporter.stages.prepare import prepare_model
     from exporter.ptq import METHODS, apply_methods, choose_method
     from exporter.runtimes import KerasRunner, LiteRTRunner
 
@@ -42,7 +43,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    opts = ConvertOptions(model=args.model, out=args.out, input_size=args.input_size)
+    opts = ConvertOptions(model=args.model, out=args.out, data=DataSpec(input_size=args.input_size))
     spec, config, splits, model, _ = prepare_model(opts)
     fixed = export_model(model, config)
     calib = splits.train.subset(representative_indices(splits.train, args.calibration_samples)[0]).images
