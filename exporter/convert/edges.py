@@ -22,13 +22,6 @@ import numpy as np
 _RESIZES = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
 
 
-def _opname(model, op, schema) -> str:
-    code = model.operatorCodes[op.opcodeIndex]
-    value = max(code.builtinCode, code.deprecatedBuiltinCode)
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(value, str(value))
-
-
 def _same_quantization(a, b) -> bool:
     if a is None or b is None or a.scale is None or b.scale is None:
         return False
@@ -39,10 +32,10 @@ def _same_quantization(a, b) -> bool:
 def quantize_before_resize(model_content: bytes) -> bytes:
     """Move the output's int8 -> uint8 QUANTIZE in front of a final resize (module docstring).
     Files of any other shape come back unchanged."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from exporter.convert.flatbuffer import op_name, read_model, schema, write_model
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(model_content), 0))
+    fb = schema()
+    model = read_model(model_content)
     graph = model.subgraphs[0]
     changed = False
     for output in list(graph.outputs):
@@ -51,12 +44,12 @@ def quantize_before_resize(model_content: bytes) -> bytes:
             continue
         qi = producers[0]
         quantize = graph.operators[qi]
-        if _opname(model, quantize, schema) != "QUANTIZE":
+        if op_name(model, quantize) != "QUANTIZE":
             continue
         out_t = graph.tensors[output]
         mid = int(quantize.inputs[0])
         mid_t = graph.tensors[mid]
-        if out_t.type != schema.TensorType.UINT8 or mid_t.type != schema.TensorType.INT8:
+        if out_t.type != fb.TensorType.UINT8 or mid_t.type != fb.TensorType.INT8:
             continue
         # Equal scales: the QUANTIZE is a shift by 128 (zero points z and z + 128).
         if not (_same_scale(mid_t, out_t) and _zero(out_t) == _zero(mid_t) + 128):
@@ -67,21 +60,21 @@ def quantize_before_resize(model_content: bytes) -> bytes:
             continue
         ri = resizers[0]
         resize = graph.operators[ri]
-        if _opname(model, resize, schema) not in _RESIZES:
+        if op_name(model, resize) not in _RESIZES:
             continue
         src = int(resize.inputs[0])
         src_t = graph.tensors[src]
-        if src_t.type != schema.TensorType.INT8 or not _same_quantization(src_t.quantization, mid_t.quantization):
+        if src_t.type != fb.TensorType.INT8 or not _same_quantization(src_t.quantization, mid_t.quantization):
             continue
         # The small map in uint8, quantised as the output is.
-        small = schema.TensorT()
+        small = fb.TensorT()
         small.shape = list(src_t.shape)
         small.shapeSignature = None if src_t.shapeSignature is None else list(src_t.shapeSignature)
-        small.type = schema.TensorType.UINT8
+        small.type = fb.TensorType.UINT8
         small.buffer = 0
         name = src_t.name or b""
         small.name = (name if isinstance(name, bytes) else name.encode()) + b"_uint8"
-        q = schema.QuantizationParametersT()
+        q = fb.QuantizationParametersT()
         q.scale = np.array(out_t.quantization.scale, np.float32)
         q.zeroPoint = np.array(out_t.quantization.zeroPoint, np.int64)
         small.quantization = q
@@ -94,11 +87,7 @@ def quantize_before_resize(model_content: bytes) -> bytes:
         # Execution order: the QUANTIZE where the resize was, the resize where the QUANTIZE was.
         graph.operators[ri], graph.operators[qi] = quantize, resize
         changed = True
-    if not changed:
-        return model_content
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output())
+    return write_model(model) if changed else model_content
 
 
 def _same_scale(a, b) -> bool:

@@ -25,19 +25,17 @@ _KEEP_FLOAT = ("DEPTHWISE_CONV_2D",)
 def float_weights_where_not_delegated(model_content: bytes) -> bytes:
     """Dequantise the int8 weights of hybrid ops XNNPACK does not run (module docstring).
     Files without such an op come back unchanged."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from exporter.convert.flatbuffer import op_name, read_model, schema, write_model
 
-    from exporter.convert.edges import _opname
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(model_content), 0))
+    fb = schema()
+    model = read_model(model_content)
     changed = False
     for graph in model.subgraphs:
         for op in graph.operators:
-            if _opname(model, op, schema) not in _KEEP_FLOAT or len(op.inputs) < 2:
+            if op_name(model, op) not in _KEEP_FLOAT or len(op.inputs) < 2:
                 continue
             activation, weights = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
-            if activation.type != schema.TensorType.FLOAT32 or weights.type != schema.TensorType.INT8:
+            if activation.type != fb.TensorType.FLOAT32 or weights.type != fb.TensorType.INT8:
                 continue
             buffer = model.buffers[weights.buffer]
             if buffer.data is None or weights.quantization is None:
@@ -45,18 +43,14 @@ def float_weights_where_not_delegated(model_content: bytes) -> bytes:
             values = np.frombuffer(bytes(bytearray(buffer.data)), np.int8).reshape(weights.shape)
             real = _dequantise(values, weights.quantization)
             # A new buffer: the int8 one may be shared with another tensor.
-            fresh = schema.BufferT()
+            fresh = fb.BufferT()
             fresh.data = np.frombuffer(real.astype("<f4").tobytes(), np.uint8)
             model.buffers.append(fresh)
             weights.buffer = len(model.buffers) - 1
-            weights.type = schema.TensorType.FLOAT32
+            weights.type = fb.TensorType.FLOAT32
             weights.quantization = None
             changed = True
-    if not changed:
-        return model_content
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output())
+    return write_model(model) if changed else model_content
 
 
 def _dequantise(values: np.ndarray, q) -> np.ndarray:

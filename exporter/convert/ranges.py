@@ -85,14 +85,14 @@ def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
     """A calibrated (not yet quantised) TFLite model with each activation range narrowed to the
     `percentile`-th percentile of its values on `images` (the calibration samples, pixels 0..255).
     Percentile 100 returns it unchanged."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.interpreter import Interpreter
+
+    from exporter.convert.flatbuffer import read_model, write_model
 
     percentile = check_percentile(percentile)
     if percentile >= 100.0:
         return calibrated
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(calibrated), 0))
+    model = read_model(calibrated)
     graph = model.subgraphs[0]
     indices = _stat_tensors(graph)
     if not indices:
@@ -112,9 +112,7 @@ def clip_calibrated_ranges(calibrated: bytes, images: np.ndarray, percentile: fl
         lo, hi = narrowed(float(q.min[0]), float(q.max[0]), *tracker.range())
         q.min = np.array([lo], np.float32)
         q.max = np.array([hi], np.float32)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output())
+    return write_model(model)
 
 
 def onnx_range_overrides(model_path, images: np.ndarray, input_name: str, percentile: float) -> dict:

@@ -172,24 +172,19 @@ def _pixels_in_as_bytes(model_content: bytes) -> bytes:
     would then feed rescaled pixels. The QUANTIZE op after the input requantises to the calibrated
     int8 parameters, so only pixels outside the calibrated range saturate, as they did before.
     """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
+    from exporter.convert.flatbuffer import op_name, read_model, schema, write_model
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(model_content), 0))
+    model = read_model(model_content)
     graph = model.subgraphs[0]
     tensor = graph.tensors[graph.inputs[0]]
-    if tensor.type != schema.TensorType.UINT8 or tensor.quantization is None:
+    if tensor.type != schema().TensorType.UINT8 or tensor.quantization is None:
         return model_content
-    consumers = {max(model.operatorCodes[op.opcodeIndex].builtinCode,
-                     model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
-                 for op in graph.operators if graph.inputs[0] in list(op.inputs)}
-    if consumers != {schema.BuiltinOperator.QUANTIZE}:
+    consumers = {op_name(model, op) for op in graph.operators if graph.inputs[0] in list(op.inputs)}
+    if consumers != {"QUANTIZE"}:
         return model_content
     tensor.quantization.scale = np.array([1.0], np.float32)
     tensor.quantization.zeroPoint = np.array([0], np.int64)
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"TFL3")
-    return bytes(builder.Output())
+    return write_model(model)
 
 
 # Ops that legitimately carry float tensors in a full-integer file: the I/O edges.
