@@ -167,3 +167,26 @@ def test_relu_swap_opens_relu6_pairs_to_equalisation_and_changes_only_clipped_va
     assert relu6_layers(model) and not relu6_layers(swapped)  # the caller's model keeps its ReLU6
     assert relative_close(model.predict(small, verbose=0), swapped.predict(small, verbose=0)) < 1e-5
     assert relative_close(model.predict(big, verbose=0), swapped.predict(big, verbose=0)) > 1e-2
+
+
+def test_bias_absorption_moves_the_always_on_part_of_a_relu_into_the_next_bias():
+    """After equalisation, a ReLU channel that never falls below c > 0 on the calibration samples
+    hands c to the pointwise consumer's bias: the outputs on those samples are unchanged and the
+    activation's range starts at 0."""
+    from exporter.keras import keras
+    from exporter.ptq.equalize import absorb_biases, equalize
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="pw")(x))
+    kernel, bias = model.get_layer("c1").get_weights()
+    model.get_layer("c1").set_weights([0.1 * kernel, bias + 5.0])  # every channel always on
+    images = np.random.default_rng(0).uniform(-1, 1, (6, 8, 8, 3)).astype(np.float32)
+    before = model.predict(images, verbose=0)
+    recipe = equalize(model, images=images)
+    assert recipe["biases_absorbed"] == {"c1->pw": 6}
+    assert relative_close(before, model.predict(images, verbose=0)) < 1e-5
+    relu_out = keras.Model(model.inputs, model.get_layer("c1").output).predict(images, verbose=0)
+    np.testing.assert_allclose(relu_out.reshape(-1, 6).min(axis=0), 0.0, atol=1e-4)
+    assert absorb_biases(model, images) == {}  # nothing left above zero

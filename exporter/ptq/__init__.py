@@ -46,7 +46,7 @@ def _has_relu6(model) -> bool:
 def _equalize(model, images):
     from exporter.ptq.equalize import equalize
 
-    return equalize(model)
+    return equalize(model, images=images)
 
 
 def _smooth(model, images):
@@ -103,7 +103,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            _has_smooth_edges),
     Method("cle", _equalize, "Conv/depthwise(+BN) -> ReLU or nothing -> conv/depthwise/Dense pairs (selfie, DeepLab's "
            "ReLU blocks; not ReLU6/hard-swish)",
-           "cross-layer equalisation: output/input channel ranges of consecutive layers made equal (exact in float)",
+           "cross-layer equalisation: output/input channel ranges of consecutive layers made equal (exact in "
+           "float), then high-bias absorption into pointwise consumers (exact on the calibration samples)",
            _has_pairs),
     Method("adaround", _adaround, "Conv2D and DepthwiseConv2D weights (up to adaround.MAX_LAYERS, graph order)",
            "AdaRound: learned up/down rounding per weight, delivered on the converter's int8 grid",
