@@ -1,7 +1,7 @@
 """Which file to ship: the report's `recommended: {"cpu": FILE, "gpu": FILE}`.
 
 CPU: the TFLite file with the fewest ARM Cortex-A76 instructions per inference among those that
-meet the model's accuracy gate. The float32 file always meets it; any other file must have
+meet the model's accuracy gate (ties: the higher held-out agreement). The float32 file always meets it; any other file must have
 accuracy checks (agreement with float, mIoU, per-class IoU; exporter.policy) and pass
 them all, and, where its ARM outputs were compared with the host's, pass that too (the held-out
 accuracy was measured on host kernels). Without ARM counts the host latency decides, and the
@@ -26,7 +26,9 @@ def recommend(report: dict, checks: list[dict]) -> dict:
         cpu = candidates[0]
         basis = "the only TFLite file that meets the accuracy gate"
     elif all(counts.values()):
-        cpu = min(candidates, key=lambda a: (counts[a["file"]], a.get("bytes", 0)))
+        # Equal counts (the same graph, e.g. post-training methods that change weights only): the
+        # file that agrees more with float, then the smaller one.
+        cpu = min(candidates, key=lambda a: (counts[a["file"]], -a.get("agreement", 0.0), a.get("bytes", 0)))
         basis = (f"fewest ARM {ARM_CORE} instructions per inference ({counts[cpu['file']] / 1e6:.2f} M) among the "
                  f"files that meet the accuracy gate: {names}")
     else:

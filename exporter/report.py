@@ -105,6 +105,9 @@ def to_markdown(report: dict, figure: str | None) -> str:
     first = recommended_lines(report)
     lines += first + [""] if first else []
     lines += [f"Command: `{report['command']}`", ""] if report.get("command") else []
+    if report.get("refreshed"):
+        lines += [f"Checks and recommendation recomputed from these measurements on {report['refreshed']['date']} "
+                  f"(`python -m exporter.report_refresh`, {report['refreshed']['why']}).", ""]
     lines += [
         f"- input: {report['input_shape']} RGB 0..255 ({report['normalisation']} inside the graph)",
         f"- labels: {', '.join(report['labels'])}",

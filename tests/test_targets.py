@@ -98,6 +98,17 @@ def test_recommended_cpu_file_is_the_cheapest_on_arm_that_meets_the_gate():
     assert recommend(off, checks(off, 1000))["cpu"] == "unet_float32.tflite"
 
 
+def test_equal_arm_counts_recommend_the_file_that_agrees_more():
+    """Files of one graph (a post-training method changes weights only) cost the same on ARM: the
+    more accurate one is recommended, not the first or the smaller."""
+    rep = with_arm(report("unet", {"background": 0.95, "person": 0.90}), float32=300e6, int8=90e6)
+    better = {**rep["artifacts"][1], "file": "unet_int8_bias_correction_act.tflite", "agreement": 0.9998,
+              "bytes": rep["artifacts"][1]["bytes"] + 10}
+    rep["artifacts"].append(better)
+    assert rep["artifacts"][1]["agreement"] < better["agreement"]
+    assert recommend(rep, checks(rep, 1000))["cpu"] == "unet_int8_bias_correction_act.tflite"
+
+
 def test_recommended_cpu_file_falls_back_to_host_latency_and_says_so():
     rep = report("unet", {"background": 0.95, "person": 0.90}, float_ms=10.0, int8_ms=40.0)
     rec = recommend(rep, checks(rep, 1000))
@@ -141,3 +152,26 @@ def test_the_better_int8_file_ships_and_strict_gates_only_shipped_files():
     assert strict_failures(checks(rep, 1000))
     rep["artifacts"][1]["role"] = "alternative"
     assert not strict_failures(checks(rep, 1000))
+
+
+def test_report_refresh_recomputes_checks_and_recommendation_from_the_measurements(tmp_path):
+    """A committed report re-judged with today's policy: the measurements stay, the checks and
+    the recommendation are what `convert` would compute from them, and the report says so."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from exporter.report_refresh import main
+
+    folder = tmp_path / "deeplab"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "reports" / "deeplab", folder)
+    before = json.loads((folder / "report.json").read_text())
+    before["recommended"]["cpu"] = "stale.tflite"
+    (folder / "report.json").write_text(json.dumps(before))
+    assert main([str(folder), "--why", "a test"]) == 0
+    after = json.loads((folder / "report.json").read_text())
+    assert after["artifacts"] == before["artifacts"]
+    assert after["recommended"] == recommend(after, checks(after, after["reference"]["weights_after_bn_folding"]))
+    assert after["recommended"]["cpu"] != "stale.tflite" and after["refreshed"]["why"] == "a test"
+    assert "recomputed from these measurements" in (folder / "report.md").read_text()
+    assert main([str(tmp_path / "missing"), "--why", "x"]) == 2
