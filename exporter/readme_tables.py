@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from exporter.formats import artifact_name
-from exporter.policy import ARM_CORE  # numpy only, no TensorFlow
+from exporter.policy import ARM_CORE, rival_label  # numpy only, no TensorFlow
 
 BEGIN = "<!-- reports-table -->"
 END = "<!-- /reports-table -->"
@@ -83,7 +83,7 @@ def _row(report: dict) -> list[str]:
         f"`{model}`",
         f"{size}, {heldout if heldout is not None else ABSENT}",
         _files(report),
-        int8.get("method", ABSENT) if int8 else ABSENT,
+        rival_label(int8) if int8 and "method" in int8 else ABSENT,
         _pct((int8 or {}).get("agreement")),
         _points((int8 or {}).get("miou_delta")),
         _accuracy_checks(report, int8["file"]) if int8 else ABSENT,
