@@ -52,8 +52,10 @@ def _train_first(exporter: str, model: str, out: Path) -> int:
     """`exporter train` with the model's recipe unless OUT/MODEL/training holds a finished run."""
     from exporter.train import find_run, training_dir
 
+    if model not in TRAIN_RUNS:
+        return 0
     run = find_run(training_dir(out, model))
-    if model not in TRAIN_RUNS or (run is not None and run.finished):
+    if run is not None and run.finished:
         return 0
     cmd = [exporter, "train", "--model", model, "--out", str(out), *TRAIN_RUNS[model],
            *(["--resume"] if run is not None else [])]

@@ -10,7 +10,14 @@ basis says so. GPU: the float16 file when written and fully GPU-delegate compati
 
 from __future__ import annotations
 
-from exporter.policy import ARM_CORE, gate
+from exporter.policy import ARM_CORE, checks, gate
+
+
+def judged(report: dict, weights_n: int) -> dict:
+    """A report's verdicts from its measurements: {"checks": ..., "recommended": ...} (what `convert`
+    writes, and what `exporter.report_refresh` recomputes under a changed policy)."""
+    found = checks(report, weights_n)
+    return {"checks": found, "recommended": recommend(report, found)}
 
 
 def recommend(report: dict, checks: list[dict]) -> dict:

@@ -17,14 +17,28 @@ import sys
 from pathlib import Path
 
 
-def refresh(folder: Path, why: str) -> dict:
-    from exporter.policy import checks
-    from exporter.recommend import recommend
+def load(folder: Path) -> dict:
+    """The folder's report.json, or ExporterError (one line) when it cannot be re-judged."""
+    from exporter.errors import ExporterError
+
+    path = folder / "report.json"
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExporterError(f"{path}: not found") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExporterError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("artifacts"), list) \
+            or "weights_after_bn_folding" not in (report.get("reference") or {}):
+        raise ExporterError(f"{path}: not a convert report (no artifacts or reference.weights_after_bn_folding)")
+    return report
+
+
+def refresh(folder: Path, report: dict, why: str) -> dict:
+    from exporter.recommend import judged
     from exporter.report import write_report
 
-    report = json.loads((folder / "report.json").read_text())
-    report["checks"] = checks(report, report["reference"]["weights_after_bn_folding"])
-    report["recommended"] = recommend(report, report["checks"])
+    report.update(judged(report, report["reference"]["weights_after_bn_folding"]))
     report["refreshed"] = {"date": datetime.date.today().isoformat(), "why": why}
     write_report(report, folder)
     return report
@@ -35,11 +49,15 @@ def main(argv=None) -> int:
     parser.add_argument("folders", nargs="+", type=Path, help="report folders (each with a report.json)")
     parser.add_argument("--why", required=True, help="the policy change, recorded in the report")
     args = parser.parse_args(argv)
-    for folder in args.folders:
-        if not (folder / "report.json").is_file():
-            print(f"report_refresh: {folder}/report.json not found", file=sys.stderr)
-            return 2
-        report = refresh(folder, args.why)
+    from exporter.errors import ExporterError
+
+    try:  # every report read and checked before any is rewritten: a bad one leaves all as they were
+        reports = [load(folder) for folder in args.folders]
+    except ExporterError as exc:
+        print(f"report_refresh: {exc}", file=sys.stderr)
+        return 2
+    for folder, report in zip(args.folders, reports):
+        report = refresh(folder, report, args.why)
         print(f"{folder}: CPU {report['recommended']['cpu']}, GPU {report['recommended']['gpu']}")
     return 0
 

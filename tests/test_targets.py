@@ -154,7 +154,7 @@ def test_the_better_int8_file_ships_and_strict_gates_only_shipped_files():
     assert not strict_failures(checks(rep, 1000))
 
 
-def test_report_refresh_recomputes_checks_and_recommendation_from_the_measurements(tmp_path):
+def test_report_refresh_recomputes_checks_and_recommendation_from_the_measurements(tmp_path, capsys):
     """A committed report re-judged with today's policy: the measurements stay, the checks and
     the recommendation are what `convert` would compute from them, and the report says so."""
     import json
@@ -174,4 +174,12 @@ def test_report_refresh_recomputes_checks_and_recommendation_from_the_measuremen
     assert after["recommended"] == recommend(after, checks(after, after["reference"]["weights_after_bn_folding"]))
     assert after["recommended"]["cpu"] != "stale.tflite" and after["refreshed"]["why"] == "a test"
     assert "recomputed from these measurements" in (folder / "report.md").read_text()
+    # Bad input: one line, exit 2, and no report rewritten (the good one is read, not refreshed).
+    (folder / "report.json").write_text(json.dumps(before))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "report.json").write_text("{not json")
+    assert main([str(folder), str(broken), "--why", "x"]) == 2
+    assert json.loads((folder / "report.json").read_text()) == before
     assert main([str(tmp_path / "missing"), "--why", "x"]) == 2
+    assert "not found" in capsys.readouterr().err

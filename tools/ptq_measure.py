@@ -31,6 +31,7 @@ def main() -> None:
     from exporter.options import ConvertOptions, DataSpec
     from exporter.stages.prepare import prepare_model
     from exporter.ptq import METHODS, apply_methods, choose_method
+    from exporter.quant_debug import worst_class_delta
     from exporter.runtimes import KerasRunner, LiteRTRunner
 
     ap = argparse.ArgumentParser()
@@ -72,10 +73,9 @@ def main() -> None:
         path.write_bytes(blob)
         blobs[names] = path
         ev = evaluate(LiteRTRunner(path, threads=2), held.images, held.masks, n, reference_preds=float_held["preds"])
-        delta = ev["per_class_iou"] - float_held["per_class_iou"]
         results[row] = {
             "agreement": ev["agreement"], "miou": ev["miou"], "miou_delta": ev["miou"] - float_held["miou"],
-            "worst_class_delta": float(np.nanmin(delta)) if np.isfinite(delta).any() else None,
+            "worst_class_delta": worst_class_delta(ev["per_class_iou"], float_held["per_class_iou"]),
             "seconds": seconds, "method_seconds": method_s,
             "recipe": {k: v for k, v in recipe.items() if k in ("methods", "seconds", "skipped")} if names else {},
         }

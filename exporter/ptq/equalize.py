@@ -15,9 +15,9 @@ longer spends codes on [0, c). Consumers with a k x k window are left alone: at 
 border the absorbed c would go missing.
 
 Only pairs with one consumer and ReLU or nothing between (`graph.scalable_edges`): ReLU6 is not
-positively homogeneous (relu6(x / s) clips at 6 s), and the bounded variant or a ReLU swap
-changes what the trained model computes; those pairs (UNet's MobileNetV2, DeepLab's hard-swish
-stages) are left as they are and listed in the recipe as skipped.
+positively homogeneous (relu6(x / s) clips at 6 s), so those pairs (UNet's MobileNetV2, DeepLab's
+hard-swish stages) are left as they are and listed in the recipe as skipped; the `relu_swap`
+method (exporter.ptq.relu_swap) opens them by changing what the model computes.
 """
 
 from __future__ import annotations

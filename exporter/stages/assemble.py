@@ -19,8 +19,7 @@ from exporter.stages.run import Run
 def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, started: float) -> dict:
     """`sections`: the stages' own parts (quantisation, shipped_int8, benchmark, arm_run/arm_status)."""
     from exporter.delegates import gpu_runtime_check
-    from exporter.policy import checks
-    from exporter.recommend import recommend
+    from exporter.recommend import judged
 
     opts, config = run.opts, run.config
     arts = [a.to_json() for a in artifacts]
@@ -64,8 +63,7 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         out["quantisation"] = quantisation
     if sections.get("shipped_int8"):
         out["shipped_int8"] = sections["shipped_int8"]
-    out["checks"] = checks(out, weights_n)
-    out["recommended"] = recommend(out, out["checks"])
+    out.update(judged(out, weights_n))
     return out
 
 
