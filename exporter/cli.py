@@ -46,6 +46,8 @@ SeedOpt = Annotated[int, typer.Option(help="Random seed: initial weights, batch 
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks and everything the libraries print.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show TensorFlow's, the converter's and LiteRT's own "
                                                             "messages (quiet by default).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only results, warnings and errors: no status lines or "
+                                                              "progress bars on stderr (for CI logs).")]
 LossOpt = Annotated[str, typer.Option(help="Training loss: ce, dice, jaccard (iou), focal, or a weighted sum such as "
                                            "ce+dice or 0.5*ce+dice; read from the model's logits or probabilities.")]
 ClassWeightsOpt = Annotated[Optional[str], typer.Option(
@@ -70,11 +72,15 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(debug: DebugOpt = False, verbose: VerboseOpt = False,
+def _root(debug: DebugOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False,
           version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     global _debug
     _debug = _debug or debug
+    if quiet:
+        from exporter.progress import set_quiet
+
+        set_quiet(True)
 
 
 def _command_line() -> str:
@@ -497,6 +503,26 @@ def validate_cmd(
                         + ", ".join(g["metric"] for g in result["gates"] if not g["passed"]))
 
 
+def _usage_errors() -> tuple[type, ...]:
+    """click's UsageError, from typer's own copy of click (recent typer releases vendor it as typer._click)
+    and from click itself (older typer): the lock pins one, the range in pyproject admits both."""
+    return tuple(_click_class(module, "UsageError") for module in ("typer._click.exceptions", "click.exceptions")
+                 if _click_class(module, "UsageError") is not None)
+
+
+def _exits() -> tuple[type, ...]:
+    return tuple(c for c in (typer.Exit, _click_class("click.exceptions", "Exit")) if c is not None)
+
+
+def _click_class(module: str, name: str) -> type | None:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError:
+        return None
+
+
 def main() -> None:
     """Console entry point: the one place errors are turned into a line and an exit code."""
     global _debug
@@ -517,12 +543,10 @@ def main() -> None:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as exc:  # click's usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
+        if isinstance(exc, _usage_errors()):  # exit 2 with the usage line, as click's own main does
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, _exits()):
             sys.exit(exc.exit_code)
         if _debug:
             raise

@@ -75,34 +75,3 @@ def onnx_mobile_usability(path: Path) -> dict:
     if not result:
         return {"error": (text.strip().splitlines() or ["no output"])[-1]}
     return result
-
-
-def gpu_runtime_check(path: Path) -> dict:
-    """Try LiteRT's GPU accelerator for real. Returns {"available": False, "reason": ...} on a
-    machine without a usable GPU: never a made-up figure."""
-    from ai_edge_litert.compiled_model import CompiledModel
-    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-
-    try:
-        with _stderr_silenced():  # the GPU backends print pages of adapter-probing errors
-            model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
-    except Exception as exc:  # LiteRT raises RuntimeError with a multi-line trace
-        first = next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
-        return {"available": False, "reason": "no GPU accelerator available", "detail": first.strip()}
-    return {"available": True, "fully_accelerated": bool(model.is_fully_accelerated())}
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Silence native code writing to file descriptor 2 (Python's redirect_stderr cannot)."""
-    import os
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

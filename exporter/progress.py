@@ -7,6 +7,14 @@ from typing import Iterable, TypeVar
 
 T = TypeVar("T")
 
+# `exporter --quiet`: no status lines or progress bars; warnings and errors still print.
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
 
 def _console():
     from rich.console import Console
@@ -25,7 +33,7 @@ def make_progress():
         TimeRemainingColumn(),
         console=_console(),
         transient=not sys.stderr.isatty(),
-        disable=not sys.stderr.isatty(),
+        disable=_quiet or not sys.stderr.isatty(),
     )
 
 
@@ -40,5 +48,8 @@ def progress_iter(items: Iterable[T], description: str, total: int | None = None
 
 
 def say(message: str) -> None:
-    """A status line for the user (stderr), e.g. 'training unet on synthetic data'."""
+    """A status line for the user (stderr), e.g. 'training unet on synthetic data'. With --quiet
+    only warnings ("warning: ...") still print."""
+    if _quiet and not message.startswith("warning"):
+        return
     print(message, file=sys.stderr, flush=True)

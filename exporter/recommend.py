@@ -13,10 +13,10 @@ from __future__ import annotations
 from exporter.policy import ARM_CORE, checks, gate
 
 
-def judged(report: dict, weights_n: int) -> dict:
+def judged(report: dict) -> dict:
     """A report's verdicts from its measurements: {"checks": ..., "recommended": ...} (what `convert`
     writes, and what `exporter.report_refresh` recomputes under a changed policy)."""
-    found = checks(report, weights_n)
+    found = checks(report)
     return {"checks": found, "recommended": recommend(report, found)}
 
 

@@ -38,7 +38,7 @@ def refresh(folder: Path, report: dict, why: str) -> dict:
     from exporter.recommend import judged
     from exporter.report import write_report
 
-    report.update(judged(report, report["reference"]["weights_after_bn_folding"]))
+    report.update(judged(report))
     report["refreshed"] = {"date": datetime.date.today().isoformat(), "why": why}
     write_report(report, folder)
     return report

@@ -2,8 +2,8 @@
 # Builds the ARM emulation environment `exporter.arm.runner` needs (`make arm-env`):
 #   QEMU's user-mode emulator (apt), the plugin header of the installed QEMU version (from the
 #   matching Debian/Ubuntu source package, through a private sources list), an arm64 Debian userland
-#   (debootstrap first stage + dpkg -x), the aarch64 wheels of the host's ai-edge-litert and numpy
-#   versions, the instruction-counting plugin built from exporter/arm/icount.c, and one fake
+#   (debootstrap first stage + dpkg -x), the aarch64 wheels pinned in locks/arm-aarch64.txt (the
+#   host's ai-edge-litert and its requirements), the instruction-counting plugin built from exporter/arm/icount.c, and one fake
 #   /proc/cpuinfo (+ /sys cpu topology) per emulated core.
 # Everything but the apt packages lives under one cache folder ($SEGEXPORT_ARM_CACHE, default
 # .cache/arm in the repository). Each step leaves a stamp recording what it was built from and is
@@ -35,24 +35,15 @@ stamp() { mkdir -p "$STAMPS"; printf '%s' "$2" >"$STAMPS/$1"; }
 [[ -x "$HOST_PYTHON" ]] || fail "no host Python at $HOST_PYTHON (run make setup)"
 command -v setarch >/dev/null || fail "setarch (util-linux) is missing"
 
-# What the aarch64 side must match: the host's ai-edge-litert and its installed requirements.
-REQUIREMENTS="$("$HOST_PYTHON" - <<'EOF'
-import importlib.metadata as md
-import re
-
-dist = md.distribution("ai-edge-litert")
-pins = [f"ai-edge-litert=={dist.version}"]
-for req in dist.requires or []:
-    if "extra ==" in req:
-        continue
-    name = re.split(r"[\s;<>=!~\[(]", req, maxsplit=1)[0]
-    try:
-        pins.append(f"{name}=={md.version(name)}")
-    except md.PackageNotFoundError:
-        pass
-print(" ".join(sorted(pins)))
-EOF
-)" || fail "ai-edge-litert is not installed in $HOST_PYTHON"
+# What the aarch64 side must match: the locked ai-edge-litert and its requirements (`make lock`
+# writes the file from the host's versions), which must be what the host runs.
+LOCK="$REPO/locks/arm-aarch64.txt"
+[[ -f "$LOCK" ]] || fail "no $LOCK (make lock writes it)"
+REQUIREMENTS="$(grep -vE '^[[:space:]]*(#|$)' "$LOCK" | tr '\n' ' ' | sed 's/ *$//')"
+HOST_LITERT="$("$HOST_PYTHON" -c 'import importlib.metadata as m; print(m.version("ai-edge-litert"))' 2>/dev/null)" \
+    || fail "ai-edge-litert is not installed in $HOST_PYTHON"
+tr ' ' '\n' <<<"$REQUIREMENTS" | grep -qxF "ai-edge-litert==$HOST_LITERT" \
+    || fail "the host runs ai-edge-litert $HOST_LITERT but $LOCK pins another: make setup installs the locked one"
 
 ROOTFS="$CACHE/rootfs"
 ROOTFS_KEY="$SUITE $MIRROR python3 libstdc++6"
@@ -158,7 +149,7 @@ if ! fresh wheels "$PYTAG $REQUIREMENTS" || [[ ! -d "$SITE/ai_edge_litert" ]]; t
     say "aarch64 wheels for $PYTAG: $REQUIREMENTS"
     rm -rf "$CACHE/wheels" "$SITE.tmp" && mkdir -p "$CACHE/wheels" "$SITE.tmp"
     # shellcheck disable=SC2086  # one word per requirement
-    "$HOST_PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
+    "$HOST_PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
         --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
         --python-version "$PYVER" --implementation cp --abi "$PYTAG" \

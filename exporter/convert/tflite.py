@@ -197,6 +197,22 @@ def op_histogram(model_content: bytes) -> dict[str, int]:
     return dict(Counter(op["op_name"] for op in _ops(model_content)))
 
 
+def quant_param_bytes(model_content: bytes) -> int:
+    """Bytes of the quantisation parameters stored per tensor: float32 scales, int64 zero points and
+    float32 min/max, one of each per channel for per-channel weights (what the size check leaves out)."""
+    from exporter.convert.flatbuffer import read_model
+
+    total = 0
+    for graph in read_model(model_content).subgraphs or []:
+        for tensor in graph.tensors or []:
+            q = tensor.quantization
+            if q is None:
+                continue
+            total += sum(4 * len(v) for v in (q.scale, q.min, q.max) if v is not None)
+            total += 8 * len(q.zeroPoint) if q.zeroPoint is not None else 0
+    return total
+
+
 def float_ops(model_content: bytes) -> list[str]:
     """Ops computing in float inside the file (excluding QUANTIZE/DEQUANTIZE at the edges)."""
     from ai_edge_litert.interpreter import Interpreter

@@ -18,7 +18,7 @@ from exporter.stages.run import Run
 
 def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, started: float) -> dict:
     """`sections`: the stages' own parts (quantisation, shipped_int8, benchmark, arm_run/arm_status)."""
-    from exporter.delegates import gpu_runtime_check
+    from exporter.gpu.runner import gpu_runtime_check
     from exporter.recommend import judged
 
     opts, config = run.opts, run.config
@@ -63,7 +63,7 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         out["quantisation"] = quantisation
     if sections.get("shipped_int8"):
         out["shipped_int8"] = sections["shipped_int8"]
-    out.update(judged(out, weights_n))
+    out.update(judged(out))
     return out
 
 

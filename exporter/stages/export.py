@@ -38,7 +38,7 @@ def tflite_files(run: Run) -> list[Artifact]:
 def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, facts: dict,
                  role: str | None = None) -> Artifact:
     """The blob with MediaPipe metadata, written to staging, as a record with its TFLite facts."""
-    from exporter.convert.tflite import float_ops, op_histogram
+    from exporter.convert.tflite import float_ops, op_histogram, quant_param_bytes
     from exporter.delegates import gpu_compatibility
     from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
 
@@ -46,8 +46,8 @@ def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, 
     blob = add_segmenter_metadata(blob, **segmenter_metadata_for(run.config), check=False)
     if problems:
         say(f"warning: {name}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
-    facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "mediapipe_problems": problems,
-             "gpu": gpu_compatibility(blob), **facts}
+    facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "quant_param_bytes": quant_param_bytes(blob),
+             "mediapipe_problems": problems, "gpu": gpu_compatibility(blob), **facts}
     return _write(run, blob, name, "tflite", precision, method, facts, role)
 
 
