@@ -1,0 +1,66 @@
+"""Where a model comes from when we did not build it: the checkpoints users' own training code
+writes, loaded into our graphs by structure (DESIGN.md, "model source").
+
+An importer is a module here with three functions, found through `for_architecture`:
+
+    claims(path) -> bool                  is this file/folder of the kind this importer reads (cheap)
+    config_overrides(path) -> dict        resolve_config overrides the file implies (labels, classes, ...)
+    load(model, path, config) -> Imported moves the weights into `model` (our graph, built from those
+                                          overrides); refuses with `refuse(...)`: one line, no values
+
+Each architecture lists its importers in `IMPORTERS`; the first that claims a path reads it.
+What an importer mapped is said to the user (`Imported.describe`) and recorded in report.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+
+from exporter.errors import WeightsError
+
+# Architecture -> importer modules (architectures.importers.<module>), tried in order.
+IMPORTERS: dict[str, tuple[str, ...]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+    """What an importer read and moved: `source` names the form (e.g. "TF checkpoint written by
+    tf.keras save_weights"), `mapped` the tensors now in our graph, `notes` anything the user should know."""
+
+    source: str
+    mapped: int
+    notes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.mapped} tensors mapped" + "".join(f"; {n}" for n in self.notes)
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "mapped": self.mapped, "notes": list(self.notes)}
+
+
+def for_architecture(name: str, path: Path):
+    """The importer module that claims `path` for architecture `name`, or None."""
+    for module in IMPORTERS.get(name, ()):
+        importer = importlib.import_module(f"architectures.importers.{module}")
+        if importer.claims(Path(path)):
+            return importer
+    return None
+
+
+def shape_text(shape) -> str:
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
+
+
+def refuse(path: Path, what: str, missing: dict | None = None, leftover: dict | None = None,
+           limit: int = 4) -> WeightsError:
+    """One line: what does not fit, with names and shapes of at most `limit` tensors each way."""
+    def listed(label: str, tensors: dict | None) -> str:
+        if not tensors:
+            return ""
+        items = [f"{name} {shape_text(shape)}" for name, shape in list(tensors.items())[:limit]]
+        more = f" and {len(tensors) - limit} more" if len(tensors) > limit else ""
+        return f"; {label} ({len(tensors)}): {', '.join(items)}{more}"
+
+    return WeightsError(f"{path}: {what}{listed('missing', missing)}{listed('left over', leftover)}")
