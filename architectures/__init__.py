@@ -22,7 +22,7 @@ class ArchSpec:
     builder: Callable[["ModelConfig"], Any]
     labels: tuple[str, ...]
     input_size: tuple[int, int]
-    normalisation: str  # human-readable: what the graph does to 0..255 pixels
+    input_norm: str  # what the graph does to 0..255 pixels by default (architectures.input_norm; --input-norm)
     output: str = "logits"  # "logits" or "softmax": what the score tensor holds
     # Smallest input the network accepts (stride constraints), used by tests at small sizes.
     min_input: int = 32
@@ -101,9 +101,11 @@ def resolve_config(
     labels: tuple[str, ...] | list[str] | None = None,
     input_size: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
+    input_norm: str | None = None,
     **options: Any,
 ) -> ModelConfig:
-    """Apply overrides to a spec's defaults. Labels win over a class count."""
+    """Apply overrides to a spec's defaults. Labels win over a class count. `input_norm` (any
+    architecture): the pixel normalisation the weights were trained with, if not the architecture's."""
     spec = get_spec(name)
     if labels is None:
         if num_classes is None or num_classes == len(spec.labels):
@@ -125,6 +127,10 @@ def resolve_config(
     if unknown:
         raise ValueError(f"{name} has no option(s) {sorted(unknown)}; known: {sorted(spec.options)}")
     merged = {**spec.options, **{k: v for k, v in options.items() if v is not None}}
+    if input_norm is not None:
+        from architectures.input_norm import parse
+
+        merged["input_norm"] = parse(input_norm).spec
     return ModelConfig(name=name, labels=labels, input_size=size, batch_size=batch_size, options=merged)
 
 
@@ -139,7 +145,7 @@ def build(config: ModelConfig):
 
 
 # Modules of this package that hold shared code rather than an architecture.
-_NOT_ARCHITECTURES = {"layers", "subpixel"}
+_NOT_ARCHITECTURES = {"layers", "subpixel", "input_norm", "segformer_hf", "importers"}
 
 
 def _load_all() -> None:

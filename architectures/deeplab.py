@@ -105,7 +105,7 @@ def build_deeplab(config):
         HardSwish,
         ResizeBilinear,
         pixel_input,
-        scale_pixels,
+        normalise_pixels,
     )
     from exporter.keras import keras
 
@@ -150,7 +150,7 @@ def build_deeplab(config):
         return layers.Multiply(name=f"{name}_se_mul")([x, s])
 
     inputs = pixel_input(config)
-    x = scale_pixels(inputs, 2.0 / 255.0, -1.0)  # [-1, 1], as TF1 DeepLab's preprocessing
+    x = normalise_pixels(inputs, config)  # [-1, 1] by default, as TF1 DeepLab's preprocessing
 
     # layer1: stem.
     x = layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False,
@@ -210,7 +210,7 @@ register(
         builder=build_deeplab,
         labels=VOC_LABELS,  # mask value 255 = ignore
         input_size=(256, 256),
-        normalisation="x * 2/255 - 1 (MobileNetV3, TF1 DeepLab)",
+        input_norm="-1,1",  # x * 2/255 - 1 (MobileNetV3, TF1 DeepLab)
         output="logits",
         min_input=32,
         input_multiple=32,

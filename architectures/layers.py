@@ -13,8 +13,12 @@ def pixel_input(config, name: str = "pixels"):
     return keras.Input(shape=(h, w, 3), batch_size=config.batch_size, name=name, dtype="float32")
 
 
-def scale_pixels(x, scale: float, offset: float, name: str = "normalise"):
-    """Normalisation lives inside the graph so every runtime gets raw 0..255 pixels."""
+def normalise_pixels(x, config, name: str = "normalise"):
+    """The model's input normalisation (architectures.input_norm: the user's --input-norm, else the
+    architecture's), inside the graph so every runtime gets raw 0..255 pixels."""
+    from architectures.input_norm import of_config
+
+    scale, offset = of_config(config).rescaling()
     return keras.layers.Rescaling(scale, offset=offset, name=name)(x)
 
 

@@ -31,9 +31,6 @@ momentum 0.1 (Keras momentum 0.9). Not reproduced: stochastic depth (drop_path_r
 
 from architectures import ArchSpec, register
 
-# ImageNet statistics on 0..1 pixels, as SegformerImageProcessor uses them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 LAYER_NORM_EPS = 1e-5
 BATCH_NORM_EPS = 1e-5
@@ -93,18 +90,13 @@ def resolve_sizes(options: dict) -> dict:
 
 
 def build_segformer(config):
-    from architectures.layers import pixel_input, scale_pixels
+    from architectures.layers import normalise_pixels, pixel_input
     from exporter.keras import keras
 
     sizes = resolve_sizes(config.options)
     layers = keras.layers
     inputs = pixel_input(config)
-    # (x / 255 - mean) / std per channel, as one Rescaling.
-    x = scale_pixels(
-        inputs,
-        [1.0 / (255.0 * s) for s in IMAGENET_STD],
-        [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
-    )
+    x = normalise_pixels(inputs, config)  # (x / 255 - ImageNet mean) / ImageNet std by default
 
     features = []
     for i, hidden in enumerate(sizes["hidden_sizes"]):
@@ -260,7 +252,7 @@ register(
         builder=build_segformer,
         labels=("outer", "hair", "face", "skin", "clothes", "accessories"),
         input_size=(256, 256),
-        normalisation="(x / 255 - ImageNet mean) / ImageNet std, per channel",
+        input_norm="imagenet",  # as SegformerImageProcessor
         output="logits",
         min_input=32,
         input_multiple=32,

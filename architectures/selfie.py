@@ -165,7 +165,7 @@ def _dw_pw(x, dw_kernel, filters, name, activation=None):
 
 
 def build_selfie(config):
-    from architectures.layers import DepthToSpace, pixel_input, scale_pixels, upsample_nearest_2x
+    from architectures.layers import DepthToSpace, normalise_pixels, pixel_input, upsample_nearest_2x
     from exporter.keras import keras
 
     L = keras.layers
@@ -178,7 +178,7 @@ def build_selfie(config):
 
     fold_double = config.options.get("double") == "folded"  # export only: `export_weights`
     inputs = pixel_input(config)
-    x0 = scale_pixels(inputs, 1.0 / 255.0, 0.0)  # [0, 1]: the seed's "Normalized" runs
+    x0 = normalise_pixels(inputs, config)  # [0, 1] by default: the seed's "Normalized" runs
     x0 = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", **_init("conv"), name="stem_conv")(x0)
 
     # Block 1 (1/2 -> 1/4): inverted residuals.
@@ -287,7 +287,7 @@ register(
         builder=build_selfie,
         labels=LABELS,
         input_size=(256, 256),
-        normalisation="x / 255 (pixels to [0, 1])",
+        input_norm="0,1",
         output="softmax",
         min_input=INPUT_MULTIPLE,
         input_multiple=INPUT_MULTIPLE,

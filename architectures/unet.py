@@ -22,11 +22,11 @@ BN_MOMENTUM = 0.9
 def build_unet(config):
     from exporter.keras import keras
 
-    from architectures.layers import pixel_input, scale_pixels
+    from architectures.layers import normalise_pixels, pixel_input
 
     opts = config.options
     inputs = pixel_input(config)
-    x = scale_pixels(inputs, 1.0 / 127.5, -1.0)  # MobileNetV2 expects [-1, 1]
+    x = normalise_pixels(inputs, config)  # MobileNetV2 expects [-1, 1]; the TF tutorial trains on [0, 1]
     encoder = keras.applications.MobileNetV2(
         input_tensor=x,
         include_top=False,
@@ -101,7 +101,7 @@ register(
         builder=build_unet,
         labels=("pet", "background", "border"),  # Oxford-IIIT Pet trimap values 1..3
         input_size=(256, 256),
-        normalisation="x / 127.5 - 1 (MobileNetV2)",
+        input_norm="-1,1",  # MobileNetV2's x / 127.5 - 1
         output="logits",
         min_input=32,
         input_multiple=32,

@@ -56,6 +56,13 @@ LrScheduleOpt = Annotated[str, typer.Option("--lr-schedule", help="Learning rate
                                                                   "exponential (x0.9 an epoch) or plateau (halved "
                                                                   "after 2 epochs without a better held-out mIoU).")]
 WarmupOpt = Annotated[int, typer.Option("--warmup-epochs", help="Epochs of linear warm-up to --lr before the schedule.")]
+InputNormOpt = Annotated[Optional[str], typer.Option(
+    "--input-norm", help="What the weights were trained to expect of 0..255 RGB pixels: 0,1 (x/255), -1,1 "
+                         "(x/127.5-1), 0,255, imagenet, or 'mean=M;std=S' (one value or three each). Default: the "
+                         "architecture's own (list-models). It goes inside the exported graph: files still take 0..255.")]
+LabelsOpt = Annotated[Optional[str], typer.Option(
+    "--labels", help="Class names, comma-separated (e.g. outer,hair,face,skin,clothes,accessories), or a labels "
+                     "file with one name a line; checked against the weights' class count.")]
 AugmentOpt = Annotated[str, typer.Option(help="Augmentation: off (left-right flips only), light or standard, optionally "
                                               "with overrides: standard,rotate=10,scale=0.2,brightness=0.1,contrast=0.1,"
                                               "saturation=0.1,grayscale=0.05,hflip=0.5 (grayscale at most 0.2).")]
@@ -163,6 +170,8 @@ def train(
     freeze_epochs: FreezeEpochsOpt = 0,
     distribute: DistributeOpt = "none",
     cpu_devices: CpuDevicesOpt = 0,
+    input_norm: InputNormOpt = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Train a model; writes checkpoints, previews, curves.png and OUT/MODEL/training/weights.h5.
 
@@ -171,8 +180,14 @@ def train(
     from architectures import build, get_spec, resolve_config
     from calibration.sources import load_splits
     from exporter.distribute import is_chief, make_strategy, scope
+    from exporter.options import parse_labels
     from exporter.train import claim_run_dir, seed_everything, train as run_training, training_dir
 
+    names = parse_labels(labels)
+    if input_norm is not None:
+        from architectures.input_norm import parse
+
+        parse(input_norm)  # one line before any slow work
     if resume and overwrite:
         raise ExporterError("--resume continues the run in OUT/MODEL/training, --overwrite replaces it: pick one")
     schedule = Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, save_every=save_every,
@@ -183,10 +198,14 @@ def train(
     if not overwrite and chief:  # refuse before any slow work; --overwrite replaces the run once the data loaded
         claim_run_dir(training_dir(out, model), resume=resume, overwrite=False)
     strategy = make_strategy(distribute, cpu_devices)  # before TensorFlow uses a device (TFRecord data does)
-    config = resolve_config(model, input_size=input_size, num_classes=classes, **options)
+    config = resolve_config(model, input_size=input_size, num_classes=len(names) if names else classes,
+                            input_norm=input_norm, **options)
     splits = load_splits(data, config.input_size, config.num_classes, train_samples=train_samples,
                          val_samples=val_samples, stream=stream)
-    config = resolve_config(model, input_size=input_size, labels=splits.labels, **options)
+    if names is not None and len(names) != len(splits.labels):
+        raise ExporterError(f"--labels names {len(names)} classes; the data {data} has {len(splits.labels)}")
+    config = resolve_config(model, input_size=input_size, labels=names or splits.labels, input_norm=input_norm,
+                            **options)
     seed_everything(seed)  # before the model is built: seeded initial weights
     with scope(strategy):
         network = build(config)
@@ -213,10 +232,14 @@ Int8Opt = Annotated[bool, typer.Option("--int8", help="Same as --precision int8.
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Same as --precision float16 (for GPU delegates).")]
 DynamicOpt = Annotated[bool, typer.Option("--dynamic", help="Same as --precision dynamic.")]
 Int16x8Opt = Annotated[bool, typer.Option("--int16x8", help="Same as --precision int16x8.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(help="Trained weights: a Keras .h5, a training folder written by "
-                                                         "`exporter train` (or its weights.h5), or the model's checkpoint "
-                                                         "folder. Without it, the finished run in OUT/MODEL/training is "
-                                                         "used, and only when there is none the model is trained first.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Trained weights: a training folder written by `exporter train` "
+                                                         "(or its weights.h5); what your own training code saved (a TF "
+                                                         "checkpoint as its prefix, e.g. Lips.ckpt, its .index or its "
+                                                         "folder; a weights .h5; a model .h5/.keras; a SavedModel folder: "
+                                                         "README, 'Convert the model you trained'); or a Hugging Face "
+                                                         "SegFormer folder. Without it, the finished run in "
+                                                         "OUT/MODEL/training is used, and only when there is none the "
+                                                         "model is trained first.")]
 IoOpt = Annotated[IO, typer.Option(help="Input/output type of the int8 file.")]
 PerTensorOpt = Annotated[bool, typer.Option(
         "--per-tensor", help="Post-training int8/int16x8 weights with one scale per tensor instead of per output "
@@ -298,10 +321,13 @@ def convert(
     ptq_method: PtqMethodOpt = None,
     layer_errors: LayerErrorsOpt = _Q.layer_errors,
     seed: SeedOpt = _S.seed,
+    input_norm: InputNormOpt = None,
+    labels: LabelsOpt = None,
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
     from exporter.arm.cost_stage import parse_cores
     from exporter.errors import ParityError
+    from exporter.options import parse_labels
     from exporter.pipeline import convert as run_convert
     from exporter.policy import strict_failures
     from exporter.report import recommended_lines, summary_table, verdict
@@ -320,6 +346,7 @@ def convert(
                         ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
         bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
+        input_norm=input_norm, labels=parse_labels(labels),
     ))
     for check in report["checks"]:
         typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")
@@ -472,6 +499,7 @@ def validate_cmd(
         help="For a file whose input contract is not declared (no MediaPipe metadata, not ours): the mean "
              "subtracted from 0..255 pixels, one value or one per channel.")] = None,
     std: Annotated[Optional[str], typer.Option(help="... and the std they are divided by (see --mean).")] = None,
+    input_norm: InputNormOpt = None,
     fail_below: Annotated[Optional[str], typer.Option(
         "--fail-below", help="Gates, fractions: metric=threshold,... from agreement, miou, miou_delta, "
                              "class_iou_delta, e.g. agreement=0.99,miou_delta=-0.005,class_iou_delta=-0.015.")] = None,
@@ -488,9 +516,15 @@ def validate_cmd(
     from exporter.validate import GateError, failures, markdown, parse_values, resolve_gates, validate
 
     gates, source = resolve_gates(fail_below, gate, model)  # bad gates fail before any work
-    result = validate(candidate, reference, model=model, data=data, samples=samples,
-                      mean=parse_values(mean, "mean"), std=parse_values(std, "std"), gates=gates,
-                      gate_source=source, output=output, say=say)
+    mean_std = (parse_values(mean, "mean"), parse_values(std, "std"))
+    if input_norm is not None:  # the same (x - mean) / std, named; also the Keras reference's normalisation
+        from architectures.input_norm import parse
+
+        if mean is not None or std is not None:
+            raise ExporterError("--input-norm and --mean/--std say the same thing: give one of them")
+        mean_std = (parse(input_norm).mean, parse(input_norm).std)
+    result = validate(candidate, reference, model=model, data=data, samples=samples, mean=mean_std[0],
+                      std=mean_std[1], gates=gates, gate_source=source, output=output, say=say, input_norm=input_norm)
     typer.echo(markdown(result), nl=False)
     if json_out is not None:
         write_json(json_out, result)

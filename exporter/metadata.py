@@ -66,8 +66,12 @@ def segmenter_metadata_for(config) -> dict:
     import exporter
     from architectures import get_spec
 
+    from architectures.input_norm import of_config
+
     spec = get_spec(config.name)
-    return dict(name=config.name, description=spec.description, labels=list(config.labels),
+    # The model's own normalisation runs inside the graph; the description says which it is.
+    description = f"{spec.description}. Input normalisation inside the graph: {of_config(config).describe()}"
+    return dict(name=config.name, description=description, labels=list(config.labels),
                 mean=0.0, std=1.0, output_activation=activation_for(spec.output), version=exporter.__version__)
 
 

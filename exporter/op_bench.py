@@ -67,12 +67,11 @@ def check_ops(kinds) -> None:
 
 
 def op_model(kind: str, size: int, channels: int):
-    from architectures.layers import scale_pixels
     from exporter.keras import keras
 
     config = OpBenchConfig(name=f"op_{kind}", input_size=(size, size))
     inputs = keras.Input((size, size, 3), batch_size=1, name="pixels")
-    x = scale_pixels(inputs, 1 / 127.5, -1.0)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)
     x = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stem")(x)
     for _ in range(REPEATS):
         x = _op(kind, channels)(x)

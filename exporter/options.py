@@ -143,8 +143,17 @@ class ConvertOptions:
     bench: BenchSpec = BenchSpec()
     gate: GateSpec = GateSpec()
     command: str = ""  # the command line, for the report
+    # What the weights were trained with, when not the architecture's own (--input-norm, --labels).
+    input_norm: str | None = None
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.input_norm is not None:
+            from architectures.input_norm import parse
+
+            parse(self.input_norm)  # a bad --input-norm fails here, in one line
+        if self.labels is not None:
+            check_labels(self.labels)
         known = tflite_precisions()
         for p in self.precisions:
             if p not in known:
@@ -155,3 +164,25 @@ class ConvertOptions:
     @property
     def int8(self) -> bool:
         return "int8" in self.precisions
+
+
+def parse_labels(text: str | None) -> tuple[str, ...] | None:
+    """--labels: names separated by commas, or a labels file (one name a line, as labels.txt)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_file():
+        try:
+            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExporterError(f"--labels {text}: unreadable labels file ({exc.__class__.__name__})") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    return check_labels(tuple(names))
+
+
+def check_labels(labels: tuple[str, ...]) -> tuple[str, ...]:
+    if len(labels) < 2 or any(not name for name in labels) or len(set(labels)) != len(labels):
+        raise ExporterError(f"--labels {','.join(labels)!r}: at least two names, none empty, no repeats "
+                            "(names separated by commas, or a file with one name a line)")
+    return labels

@@ -168,21 +168,23 @@ def _file_side(role: str, path: Path, mean, std, output, threads) -> _Side:
     return _Side(role, runner, facts, (h, w, head.height, head.width), head.channels, head.rule, head.logits)
 
 
-def _keras_side(path: Path, model: str | None, like: _Side) -> _Side:
-    """The float Keras reference: `model` from the registry at the candidate's size and classes."""
-    from architectures import build, get_spec, resolve_config
+def _keras_side(path: Path, model: str | None, like: _Side, input_norm: str | None = None) -> _Side:
+    """The float Keras reference: `model` from the registry at the candidate's size and classes, its
+    weights from any source `convert --weights` takes (architectures.importers)."""
+    from architectures import build, get_spec, importers, resolve_config
     from exporter.pipeline import load_weights
     from exporter.runtimes import KerasRunner
 
     if not model:
         raise ExporterError(f"--reference {path}: a Keras weights file needs --model (see `exporter list-models`)")
-    spec = get_spec(model)
-    if not path.exists():
+    get_spec(model)  # an unknown model: one line
+    if not importers.exists(path):
         raise ExporterError(f"{path}: weights file not found")
     h, w = like.size[:2]
-    overrides = spec.config_from_weights(path) if spec.config_from_weights is not None else {}
+    overrides = importers.config_overrides(model, path)
     overrides.setdefault("num_classes", like.channels)
     overrides["input_size"] = (h, w)
+    overrides["input_norm"] = input_norm
     config = resolve_config(model, **overrides)
     keras_model = build(config)
     load_weights(keras_model, path, config)
@@ -194,7 +196,9 @@ def _keras_side(path: Path, model: str | None, like: _Side) -> _Side:
 
 
 def _is_keras(path: Path) -> bool:
-    return path.suffix in KERAS_SUFFIXES or path.is_dir()
+    from architectures.importers.keras_files import checkpoint_prefix
+
+    return path.suffix in KERAS_SUFFIXES or path.is_dir() or checkpoint_prefix(path) is not None
 
 
 def _check_pair(cand: _Side, ref: _Side) -> None:
@@ -274,7 +278,7 @@ def _plain_images(root: Path, size, samples: int) -> dict:
 
 def validate(candidate, reference, *, model: str | None = None, data: str = "synthetic", samples: int = 100,
              mean=None, std=None, gates: dict | None = None, gate_source: str = "none", output: str | None = None,
-             threads: int = 2, say=None) -> dict:
+             threads: int = 2, say=None, input_norm: str | None = None) -> dict:
     """Run both sides on the held-out samples; the metrics and each gate's verdict (nothing raised for a
     failing gate: `result["passed"]`)."""
     from exporter import environment
@@ -288,7 +292,7 @@ def validate(candidate, reference, *, model: str | None = None, data: str = "syn
     candidate, reference = Path(candidate), Path(reference)
     cand = _file_side("candidate", candidate, mean, std, output, threads)
     if _is_keras(reference):
-        ref = _keras_side(reference, model, cand)
+        ref = _keras_side(reference, model, cand, input_norm)
     else:
         ref = _file_side("reference", reference, mean, std, None, threads)
     _check_pair(cand, ref)

@@ -21,7 +21,10 @@ from pathlib import Path
 from exporter.errors import WeightsError
 
 # Architecture -> importer modules (architectures.importers.<module>), tried in order.
-IMPORTERS: dict[str, tuple[str, ...]] = {}
+IMPORTERS: dict[str, tuple[str, ...]] = {
+    "unet": ("unet_tutorial",),
+    "selfie": ("selfie_seed",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,24 @@ def for_architecture(name: str, path: Path):
         if importer.claims(Path(path)):
             return importer
     return None
+
+
+def config_overrides(name: str, path: Path) -> dict:
+    """resolve_config overrides a weights source implies: its importer's, else the spec's hook."""
+    from architectures import get_spec
+
+    importer = for_architecture(name, path)
+    if importer is not None:
+        return importer.config_overrides(Path(path))
+    spec = get_spec(name)
+    return spec.config_from_weights(Path(path)) if spec.config_from_weights is not None else {}
+
+
+def exists(path: Path) -> bool:
+    """A weights source is there: a file, a folder, or a TF checkpoint named by its prefix."""
+    from architectures.importers.keras_files import checkpoint_prefix
+
+    return Path(path).exists() or checkpoint_prefix(Path(path)) is not None
 
 
 def shape_text(shape) -> str:

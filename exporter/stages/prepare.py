@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from architectures import ModelConfig, build, get_spec, resolve_config
+from architectures import ModelConfig, build, get_spec, importers, resolve_config
 from calibration.checks import check_labels
 from calibration.sources import load_splits
 from exporter.errors import ExporterError, WeightsError
@@ -29,10 +29,10 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
     if run is not None:
         overrides = _config_of_run(run, opts)
     elif opts.weights is not None:
-        if not Path(opts.weights).exists() and spec.config_from_weights is None:
+        if not importers.exists(opts.weights) and spec.config_from_weights is None:
             raise WeightsError(f"{opts.weights}: weights file not found")
-        if spec.config_from_weights is not None:
-            overrides = spec.config_from_weights(Path(opts.weights))
+        overrides = importers.config_overrides(opts.model, Path(opts.weights))
+    overrides.update(_what_the_user_says(opts, overrides, run))
     if opts.data.classes is not None:
         overrides.setdefault("num_classes", opts.data.classes)
     if opts.data.input_size is not None:
@@ -57,8 +57,12 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
         load_weights(model, run.weights, config)
         state = run.state
     elif opts.weights is not None:
-        load_weights(model, Path(opts.weights), config)
-        return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
+        imported = load_weights(model, Path(opts.weights), config)
+        if imported is None:
+            return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
+        say(f"imported {opts.weights}: {imported.describe()}")
+        return spec, config, splits, model, {"summary": f"weights imported from {opts.weights}: {imported.describe()}",
+                                             "import": imported.to_json()}
     else:
         say(f"no --weights given and no training run in {training_dir(opts.out, config.name)}: training "
             f"{config.name} on {opts.data.source} data first ({opts.schedule.epochs} epochs; "
@@ -91,6 +95,32 @@ def _trained_run(opts: ConvertOptions):
     return run
 
 
+def _what_the_user_says(opts: ConvertOptions, implied: dict, run) -> dict:
+    """--labels and --input-norm as overrides, checked against what the weights imply."""
+    out = {}
+    where = f"the model trained in {run.folder}" if run is not None else f"{opts.weights}"
+    if opts.labels is not None:
+        classes = len(implied["labels"]) if "labels" in implied else implied.get("num_classes")
+        if classes is not None and classes != len(opts.labels):
+            raise WeightsError(f"--labels names {len(opts.labels)} classes; {where} has {classes}")
+        out["labels"] = opts.labels
+    if opts.input_norm is not None:
+        from architectures.input_norm import parse
+
+        theirs = implied.get("input_norm")
+        if run is not None and parse(opts.input_norm).spec != parse(theirs or spec_norm(opts.model)).spec:
+            raise ExporterError(f"--input-norm {opts.input_norm}: {where} was trained with "
+                                f"{theirs or spec_norm(opts.model)}; drop --input-norm, or train anew")
+        out["input_norm"] = opts.input_norm
+    if opts.data.classes is not None and "num_classes" in implied and implied["num_classes"] != opts.data.classes:
+        raise WeightsError(f"--classes {opts.data.classes}: {where} has {implied['num_classes']} classes")
+    return out
+
+
+def spec_norm(name: str) -> str:
+    return get_spec(name).input_norm
+
+
 def _config_of_run(run, opts: ConvertOptions) -> dict:
     """resolve_config overrides that rebuild the run's model; explicit options that contradict it fail."""
     cfg = run.model_config
@@ -106,18 +136,24 @@ def _config_of_run(run, opts: ConvertOptions) -> dict:
     return {"labels": tuple(cfg["labels"]), "input_size": size, **options}
 
 
-def load_weights(model, path: Path, config: ModelConfig) -> None:
+def load_weights(model, path: Path, config: ModelConfig):
+    """Weights into our graph: through the importer that claims the source (the user's own
+    checkpoints; returns what it mapped), the spec's loader, or Keras' for our own .h5 (None)."""
+    importer = importers.for_architecture(config.name, path)
+    if importer is not None:
+        return importer.load(model, Path(path), config)
     spec = get_spec(config.name)
     if spec.load_weights is not None:
         spec.load_weights(model, path, config)
-        return
+        return None
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
         model.load_weights(str(path))
-    except Exception as exc:
+    except Exception as exc:  # Keras' message can list every tensor with its values: its first line only
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise WeightsError(f"{path}: cannot load into {config.name} "
-                           f"({config.num_classes} classes, {config.input_size}): {exc}") from exc
+                           f"({config.num_classes} classes, {config.input_size}): {first}") from exc
 
 
 def weight_count(model) -> int:
