@@ -234,6 +234,9 @@ ArmOpt = Annotated[Optional[str], typer.Option(
                       f"host; needs `make arm-env`), comma-separated, or 'none' (default: {','.join(_B.arm)}; "
                       "none with --no-bench).", show_default=False)]
 NoArmOpt = Annotated[bool, typer.Option("--no-arm", help="Skip the ARM emulation (same as --arm none).")]
+GpuRunOpt = Annotated[bool, typer.Option(
+        "--gpu-run/--no-gpu-run", help="Run each TFLite file on LiteRT's GPU accelerator (a software Vulkan device "
+                                       "here; needs `make gpu-env`) against LiteRT's CPU; on with --bench.")]
 RequireGpuCompatibleOpt = Annotated[bool, typer.Option(
         "--require-gpu-compatible", "--gpu",
         help="Fail unless the float TFLite files are fully GPU-delegate compatible (a static check; nothing runs on "
@@ -287,6 +290,7 @@ def convert(
     train_samples: TrainSamplesOpt = _D.train_samples,
     val_samples: ValSamplesOpt = _D.val_samples,
     require_gpu_compatible: RequireGpuCompatibleOpt = False,
+    gpu_run: GpuRunOpt = True,
     strict: StrictOpt = False,
     qat: QatOpt = _Q.qat,
     qat_epochs: QatEpochsOpt = _Q.qat_epochs,
@@ -318,7 +322,7 @@ def convert(
                         qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=max_miou_drop,
                         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
                         ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
-        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
+        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run),
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
     ))
     for check in report["checks"]:

@@ -80,7 +80,6 @@ def _compile(path: str, accel, enforce_f32: bool | None = None):
 def _run(model, inputs):
     """Outputs [N, ...] of the first signature's first output, one sample at a time."""
     import numpy as np
-    from ai_edge_litert.tensor_buffer import TensorBuffer
 
     key = next(iter(model.get_signature_list()))
     out_name = model.get_signature_list()[key]["outputs"][0]

@@ -10,12 +10,12 @@ from pathlib import Path
 TIMEOUT_S = 300  # compiling a large graph on a software Vulkan device takes tens of seconds
 
 
-def run_child(module: str, *args: str, timeout: float = TIMEOUT_S) -> dict:
+def run_child(module: str, *args: str, timeout: float = TIMEOUT_S, env: dict | None = None) -> dict:
     """`python -m MODULE ARGS` in a child; its last stdout line is the JSON answer. A child that
     died or timed out gives {"available": False, "reason": ..., "detail": ...}, never a guess."""
     try:
         proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"available": False, "reason": "the GPU accelerator did not answer", "detail": f"timed out after {timeout:.0f} s"}
     lines = proc.stdout.strip().splitlines()

@@ -55,6 +55,7 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         "environment": environment.describe(),
         "benchmark": sections["benchmark"],
         **sections["arm"],
+        **sections.get("gpu", {}),
         "gpu_runtime": gpu_runtime_check(run.staging / arts[0]["file"]),
         "artifacts": arts,
         "seconds": round(time.time() - started, 1),
