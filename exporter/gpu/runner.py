@@ -30,4 +30,8 @@ def run_child(module: str, *args: str, timeout: float = TIMEOUT_S, env: dict | N
 def gpu_runtime_check(path: Path) -> dict:
     """Try LiteRT's GPU accelerator for real on `path`, in a child process. Returns
     {"available": False, "reason": ...} on a machine without a usable GPU: never a made-up figure."""
-    return run_child("exporter.gpu.probe", str(path))
+    from exporter.gpu import env as gpu_env
+
+    # With `make gpu-env` built, the probe sees SwiftShader's ICD (as the GPU stage does); without it,
+    # the machine's own Vulkan drivers, whatever they are (still in the child only).
+    return run_child("exporter.gpu.probe", str(path), env=gpu_env.child_env() if gpu_env.check() is None else None)
