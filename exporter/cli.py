@@ -430,6 +430,9 @@ def benchmark_cmd(
     onnx_mobile: Annotated[bool, typer.Option(
         "--onnx-mobile", help="Also run ONNX Runtime's mobile usability checker on .onnx files (NNAPI/CoreML "
                               "partitions; seconds per file).")] = False,
+    gpu: Annotated[bool, typer.Option(
+        "--gpu", help="Also run each .tflite on LiteRT's GPU accelerator alone (a software Vulkan device here; "
+                      "needs `make gpu-env`): fully accelerated or which ops fell back, agreement with the CPU.")] = False,
 ) -> None:
     """Time and describe model files side by side: precision, I/O, ops, delegation, latency. Exit 1 if a file failed."""
     from exporter.artifacts import write_json, write_bytes
@@ -441,10 +444,12 @@ def benchmark_cmd(
     if runs < 1 or warmup < 0:
         raise ExporterError("--runs must be at least 1 and --warmup at least 0")
     report = benchmark_files(files, thread_counts, runs=runs, warmup=warmup, arm_cores=cores,
-                             onnx_mobile=onnx_mobile, say=say)
+                             onnx_mobile=onnx_mobile, say=say, gpu=gpu)
     for row in report["files"]:
         for line in details(row):
             typer.echo(line)
+    if gpu and report["gpu"].get("status"):
+        typer.echo(f"GPU: not measured: {report['gpu']['status']}")
     if cores and report["arm"].get("status"):
         typer.echo(f"ARM: not measured: {report['arm']['status']}")
     elif cores:

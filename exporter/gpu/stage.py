@@ -61,7 +61,6 @@ def measure_gpu(artifacts: list[dict], folder: Path, pixels: np.ndarray, enabled
 def run_file(path: Path, pixels: np.ndarray) -> dict:
     """One file in a child: its raw inputs go through an .npz (quantised with the file's own input
     parameters by the host LiteRT, as the other stages feed it)."""
-    from exporter.gpu.runner import run_child
     from exporter.runtimes import LiteRTRunner, input_tensor
 
     try:
@@ -69,7 +68,13 @@ def run_file(path: Path, pixels: np.ndarray) -> dict:
         inputs = np.concatenate([input_tensor(pixels[i : i + 1], runner.input) for i in range(len(pixels))])
     except Exception as error:  # a file the host cannot open: say so for this file only
         return {"error": " ".join(str(error).split()) or type(error).__name__}
-    out = runner.output
+    return run_raw(path, inputs, runner.output)
+
+
+def run_raw(path: Path, inputs: np.ndarray, out: dict) -> dict:
+    """One file in a child on raw input tensors [N, ...] (`out`: the output's LiteRT tensor detail)."""
+    from exporter.gpu.runner import run_child
+
     scale, zero = out["quantization"] if np.issubdtype(out["dtype"], np.integer) else (1.0, 0)
     with tempfile.TemporaryDirectory(prefix="segexport-gpu-") as tmp:
         samples = Path(tmp) / "samples.npz"
