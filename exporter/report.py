@@ -57,8 +57,10 @@ def recommended_lines(report: dict) -> list[str]:
     lines = []
     rec = report.get("recommended")
     if rec and rec.get("cpu"):
-        lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU `{rec['gpu']}`.", "",
+        gpu = f"`{rec['gpu']}`" if rec.get("gpu") else "none"
+        lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU {gpu}.", "",
                   f"- CPU: {rec['cpu_basis']}.", f"- GPU: {rec['gpu_basis']}."]
+        lines += [f"- GPU static analyser vs run: {d}." for d in rec.get("gpu_disagreements", [])]
     if report.get("shipped_int8"):
         lines += [f"- int8: {_shipped_line(report)}"]
     if report.get("arm_status"):
