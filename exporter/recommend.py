@@ -13,7 +13,7 @@ fully GPU-delegate compatible, else float32, and the basis says it is the static
 from __future__ import annotations
 
 from exporter.delegates import gpu_runtime, static_verdict
-from exporter.policy import ARM_CORE, checks, gate
+from exporter.policy import ARM_CORE, checks, gate, meets_gate
 
 GPU_CPU_AGREEMENT = 0.999  # GPU vs CPU argmax agreement below which the CPU-measured accuracy is not the GPU's
 
@@ -60,13 +60,30 @@ def recommend(report: dict, checks: list[dict]) -> dict:
     out = {"cpu": cpu["file"], "cpu_basis": basis}
     runs = {a["file"]: gpu_runtime(a) for a in arts if gpu_runtime(a) is not None}
     if runs:
-        out.update(_gpu_from_runs(arts, runs, passing))
+        out.update(_gpu_from_runs(arts, runs, _gpu_gate(report, arts, checks, passing)))
     else:
         gpu, gpu_basis = _gpu_static_rule(arts, float32)
         why = report.get("gpu_status") or "this report has no GPU runs"
         out.update({"gpu": gpu["file"], "gpu_basis": f"{gpu_basis} (static analyser only: {why})"})
     return {"cpu": out["cpu"], "gpu": out["gpu"], "cpu_basis": out["cpu_basis"], "gpu_basis": out["gpu_basis"],
             **{k: v for k, v in out.items() if k not in ("cpu", "gpu", "cpu_basis", "gpu_basis")}}
+
+
+def _gpu_gate(report: dict, arts: list[dict], checks: list[dict], passing: dict) -> dict:
+    """{file: within the accuracy gate against float}: the checks' verdict for gated files; files the
+    checks do not gate (float16: float compute on CPU) held to the same rule (exporter.policy.meets_gate)
+    on their measured held-out agreement, mIoU and per-class IoU."""
+    gated = {c["file"] for c in checks if c.get("accuracy_gate") and c.get("file")}
+    ref_iou = (report.get("reference") or {}).get("per_class_iou", {})
+    out = {}
+    for a in arts:
+        if a["file"] in gated or a["precision"] == "float32":
+            out[a["file"]] = bool(passing.get(a["file"]))
+        elif a.get("agreement") is not None and a.get("miou_delta") is not None:
+            out[a["file"]] = meets_gate(report["model"], ref_iou, a, method="ptq")
+        else:
+            out[a["file"]] = False
+    return out
 
 
 def _gpu_static_rule(arts: list[dict], float32: dict) -> tuple[dict, str]:

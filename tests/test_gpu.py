@@ -112,7 +112,15 @@ def _run(fully=True, agreement=1.0, ops=()):
             "fallback_ops": list(ops)}
 
 
-PASSED = [{"file": "m_float16.tflite", "accuracy_gate": True, "passed": True}]  # float16 meets the accuracy gate
+PASSED: list = []  # float16 is not gated by the checks: its held-out figures are held to the same rule
+
+
+def test_a_float16_file_far_from_float_is_not_recommended_for_the_gpu():
+    from exporter.recommend import recommend
+
+    report = _report({"float32": _run(), "float16": _run()}, {"float32": True, "float16": True})
+    report["artifacts"][1]["agreement"] = 0.9
+    assert recommend(report, PASSED)["gpu"] == "m_float32.tflite"
 
 
 def test_recommended_gpu_file_comes_from_the_runs_with_the_static_check_as_second_opinion():
