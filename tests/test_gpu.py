@@ -144,3 +144,26 @@ def test_without_runs_the_static_rule_decides_and_says_so():
     rec = recommend(_report({}, {"float32": True, "float16": True}, gpu_status="GPU accelerator not available: x"), PASSED)
     assert rec["gpu"] == "m_float16.tflite" and "static analyser only" in rec["gpu_basis"]
     assert "GPU accelerator not available: x" in rec["gpu_basis"]
+
+
+@needs_gpu
+def test_benchmark_gpu_runs_any_file_and_exits_clean(tmp_path):
+    """`exporter --quiet benchmark FILE --gpu`: the file's `gpu` entry in --json, exit 0, nothing on stderr."""
+    import json
+
+    from conftest import EXPORTER
+    from exporter.keras import tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)])
+    def head(x):
+        return tf.nn.softmax(tf.nn.conv2d(x / 255.0, tf.ones([3, 3, 3, 3]) * 0.1, 1, "SAME"))
+
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes(tf.lite.TFLiteConverter.from_concrete_functions([head.get_concrete_function()]).convert())
+    proc = subprocess.run([EXPORTER, "--quiet", "benchmark", str(model), "--gpu", "--runs", "1", "--warmup", "0",
+                           "--threads", "1", "--json", str(tmp_path / "b.json")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "b.json").read_text())["files"]
+    assert row["gpu"]["fully_accelerated"] is True and row["gpu"]["agreement_with_cpu"] == 1.0, row["gpu"]
+    assert "GPU accelerator run: fully accelerated" in proc.stdout
