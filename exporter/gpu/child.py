@@ -108,12 +108,13 @@ def measure(path: str, samples: str, log_path: str) -> dict:
     except Exception as exc:  # LiteRT raises RuntimeError with a multi-line trace
         log = _log(log_path)
         ops = fallback_ops(log)
+        lines = [line.strip(" └") for line in str(exc).splitlines() if line.strip(" └")]
+        first = lines[-1] if lines else type(exc).__name__
         if "Selected adapter" not in log:  # no device at all, not a file the kernels refuse
-            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             return {"available": False, "reason": "no GPU accelerator available", "detail": first.strip()}
         return {"device": device(log), "fully_accelerated": False, "precision": None, "agreement_with_cpu": None,
                 "max_abs_diff": None, "fallback_ops": sorted({op.split(":")[0] for op in ops}) or ["(not named)"],
-                "fallback_detail": ops, "seconds": round(time.monotonic() - started, 2)}
+                "fallback_detail": ops or [first], "seconds": round(time.monotonic() - started, 2)}
     compile_s = time.monotonic() - started
     fully = bool(gpu.is_fully_accelerated())
     on_gpu = _run(gpu, inputs)
