@@ -11,7 +11,7 @@ MP_LOCK := locks/venv-mediapipe.txt
 MP_VENV := .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
 
-.PHONY: setup mediapipe-env arm-env demo test test-fast bench lint lock clean
+.PHONY: setup mediapipe-env arm-env gpu-env demo test test-fast bench lint lock clean
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -41,15 +41,24 @@ $(MP_STAMP): requirements-mediapipe.txt $(MP_LOCK)
 arm-env: setup
 	@HOST_PYTHON=$(BIN)/python bash exporter/arm/setup_env.sh
 
+# LiteRT's GPU accelerator on a software Vulkan device (exporter/gpu/): the Vulkan loader (apt, root the
+# first time where libvulkan1 is missing) and SwiftShader's ICD extracted from Debian's chromium-common
+# under $SEGEXPORT_GPU_CACHE (default .cache/gpu). Idempotent: a second run only checks its stamps.
+gpu-env:
+	@bash exporter/gpu/setup_env.sh
+
 # arm-env is attempted as in `make test`, so the summary ends with the Cortex-A76 ratio; where it
 # cannot be built, the report says why in one line and the demo goes on without ARM figures.
 demo: setup
 	-@$(MAKE) --no-print-directory arm-env
+	-@$(MAKE) --no-print-directory gpu-env
 	$(BIN)/exporter convert --model unet --int8 --input-size 128 --epochs 5 --out $(OUT)
 
-# arm-env is attempted, not required: where it cannot be built tests/test_arm.py skips, saying why.
+# arm-env and gpu-env are attempted, not required: where one cannot be built tests/test_arm.py or
+# tests/test_gpu.py skips, saying why.
 test: setup
 	-@$(MAKE) --no-print-directory arm-env
+	-@$(MAKE) --no-print-directory gpu-env
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
 
 # The edit-test loop: everything but the tests marked slow (over ~10 s each on two cores), under 3 minutes.

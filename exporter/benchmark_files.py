@@ -56,7 +56,7 @@ def parse_cores(spec: str | None) -> tuple[str, ...]:
 
 
 def benchmark_files(paths, threads=(1, 2), runs: int = 50, warmup: int = 5, arm_cores=(), onnx_mobile: bool = False,
-                    say=None) -> dict:
+                    say=None, gpu: bool = False) -> dict:
     """The benchmark report: {"files": [...], "environment", "settings", "arm"} (see the module doc)."""
     from exporter import environment
     from exporter.op_bench import cpu_features
@@ -85,6 +85,7 @@ def benchmark_files(paths, threads=(1, 2), runs: int = 50, warmup: int = 5, arm_
             f"{per_block} runs each, alternating, after {warmup} warm-up runs")
         _time(rows, prepared, threads, blocks, per_block, warmup)
     arm = _arm(rows, prepared, arm_cores, say) if arm_cores else {"status": "not requested (--arm cortex-a76,...)"}
+    gpu_info = _gpu(rows, prepared, say) if gpu else {"status": "not requested (--gpu)"}
     env = environment.describe()
     env["simd"] = cpu_features()
     return {
@@ -95,6 +96,7 @@ def benchmark_files(paths, threads=(1, 2), runs: int = 50, warmup: int = 5, arm_
                      f"{per_block} timed runs (each block's first run dropped), {PAUSE_S} s pause between blocks; "
                      "random 0..255 pixels fed through each file's input contract"},
         "arm": arm,
+        "gpu": gpu_info,
         "wall_s": round(time.monotonic() - started, 1),
     }
 
@@ -133,11 +135,12 @@ def _describe(path: Path, row: dict, threads: int, onnx_mobile: bool) -> dict:
     runner = open_runner(path, threads, **options)  # a file that cannot run fails here, not mid-timing
     runner.set_input(pixels)
     runner.invoke()
-    raw = None
+    raw = out_detail = None
     if mf.format == "tflite":
         from exporter.delegates import gpu_compatibility
 
         raw = runner.interpreter.get_tensor(runner.input["index"]).copy()
+        out_detail = runner.output
         row["delegation"] = _xnnpack(runner.interpreter, mf.ops)
         row["delegation"]["gpu"] = gpu_compatibility(mf.blob, analyzer="litert")
     else:
@@ -148,7 +151,7 @@ def _describe(path: Path, row: dict, threads: int, onnx_mobile: bool) -> dict:
 
             row["delegation"]["mobile"] = onnx_mobile_usability(path)
     del runner
-    return {"path": path, "pixels": pixels, "options": options, "raw_input": raw}
+    return {"path": path, "pixels": pixels, "options": options, "raw_input": raw, "output_detail": out_detail}
 
 
 def _xnnpack(interpreter, ops: dict) -> dict:
@@ -183,6 +186,26 @@ def _time(rows, prepared, threads, blocks, per_block, warmup) -> None:
         return
     for i in prepared:
         rows[i]["latency_ms"] = {str(t): v for t, v in latencies[keys[i]].items()}
+
+
+def _gpu(rows, prepared, say) -> dict:
+    """Each .tflite file that ran on LiteRT's GPU accelerator in a child (exporter.gpu.stage), on the
+    same random input the timing used: row["gpu"] as in convert's report (no accuracy: no labels here)."""
+    from exporter.gpu import env as gpu_env
+    from exporter.gpu.stage import describe, run_raw
+
+    reason = gpu_env.check()
+    if reason is not None:
+        say(f"GPU: not measured: {reason}")
+        return {"status": reason}
+    started = time.monotonic()
+    for i in prepared:
+        if rows[i]["format"] != "tflite" or rows[i]["status"] != "ran":
+            continue
+        p = prepared[i]
+        rows[i]["gpu"] = run_raw(p["path"], np.asarray(p["raw_input"]), p["output_detail"])
+        say(f"GPU: {Path(rows[i]['file']).name}: {describe(rows[i]['gpu'])}")
+    return {"device": gpu_env.device_default(), "seconds": round(time.monotonic() - started, 1)}
 
 
 def _arm(rows, prepared, cores, say) -> dict:
@@ -297,7 +320,12 @@ def details(row: dict) -> list[str]:
         why += [f">4-D tensors: {len(gpu['tensors_over_4d'])}"] if gpu["tensors_over_4d"] else []
         lines.append(f"  XNNPACK: {d['delegated_ops']}/{d['total_ops']} ops in {d['partitions']} partition(s); "
                      f"left to LiteRT's kernels: {left}")
-        lines.append("  GPU delegate: " + ("compatible" if gpu["compatible"] else "not compatible: " + "; ".join(why)))
+        lines.append("  GPU delegate: " + ("compatible" if gpu["compatible"] else "not compatible: " + "; ".join(why))
+                     + " (static check)")
+        if row.get("gpu"):
+            from exporter.gpu.stage import describe
+
+            lines.append(f"  GPU accelerator run: {describe(row['gpu'])}")
     else:
         lines.append(f"  ONNX Runtime CPU execution provider: {d['nodes']} nodes")
         for ep, v in (d.get("mobile") or {}).items():

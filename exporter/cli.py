@@ -257,6 +257,9 @@ ArmOpt = Annotated[Optional[str], typer.Option(
                       f"host; needs `make arm-env`), comma-separated, or 'none' (default: {','.join(_B.arm)}; "
                       "none with --no-bench).", show_default=False)]
 NoArmOpt = Annotated[bool, typer.Option("--no-arm", help="Skip the ARM emulation (same as --arm none).")]
+GpuRunOpt = Annotated[bool, typer.Option(
+        "--gpu-run/--no-gpu-run", help="Run each TFLite file on LiteRT's GPU accelerator (a software Vulkan device "
+                                       "here; needs `make gpu-env`) against LiteRT's CPU; on with --bench.")]
 RequireGpuCompatibleOpt = Annotated[bool, typer.Option(
         "--require-gpu-compatible", "--gpu",
         help="Fail unless the float TFLite files are fully GPU-delegate compatible (a static check; nothing runs on "
@@ -310,6 +313,7 @@ def convert(
     train_samples: TrainSamplesOpt = _D.train_samples,
     val_samples: ValSamplesOpt = _D.val_samples,
     require_gpu_compatible: RequireGpuCompatibleOpt = False,
+    gpu_run: GpuRunOpt = True,
     strict: StrictOpt = False,
     qat: QatOpt = _Q.qat,
     qat_epochs: QatEpochsOpt = _Q.qat_epochs,
@@ -344,7 +348,7 @@ def convert(
                         qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=max_miou_drop,
                         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
                         ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
-        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores),
+        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run),
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
         input_norm=input_norm, labels=parse_labels(labels),
     ))
@@ -453,6 +457,9 @@ def benchmark_cmd(
     onnx_mobile: Annotated[bool, typer.Option(
         "--onnx-mobile", help="Also run ONNX Runtime's mobile usability checker on .onnx files (NNAPI/CoreML "
                               "partitions; seconds per file).")] = False,
+    gpu: Annotated[bool, typer.Option(
+        "--gpu", help="Also run each .tflite on LiteRT's GPU accelerator alone (a software Vulkan device here; "
+                      "needs `make gpu-env`): fully accelerated or which ops fell back, agreement with the CPU.")] = False,
 ) -> None:
     """Time and describe model files side by side: precision, I/O, ops, delegation, latency. Exit 1 if a file failed."""
     from exporter.artifacts import write_json, write_bytes
@@ -464,10 +471,12 @@ def benchmark_cmd(
     if runs < 1 or warmup < 0:
         raise ExporterError("--runs must be at least 1 and --warmup at least 0")
     report = benchmark_files(files, thread_counts, runs=runs, warmup=warmup, arm_cores=cores,
-                             onnx_mobile=onnx_mobile, say=say)
+                             onnx_mobile=onnx_mobile, say=say, gpu=gpu)
     for row in report["files"]:
         for line in details(row):
             typer.echo(line)
+    if gpu and report["gpu"].get("status"):
+        typer.echo(f"GPU: not measured: {report['gpu']['status']}")
     if cores and report["arm"].get("status"):
         typer.echo(f"ARM: not measured: {report['arm']['status']}")
     elif cores:

@@ -51,6 +51,22 @@ def gpu_compatibility(model_content: bytes, analyzer: str = "tensorflow") -> dic
     }
 
 
+def static_verdict(artifact: dict) -> dict | None:
+    """The static GPU analysis of one report entry: `gpu_static`, or, in reports written before the
+    GPU stage ran files for real (issue 27), the same dict under `gpu` (told apart by "compatible",
+    which the runtime entry never has)."""
+    if isinstance(artifact.get("gpu_static"), dict):
+        return artifact["gpu_static"]
+    old = artifact.get("gpu")
+    return old if isinstance(old, dict) and "compatible" in old else None
+
+
+def gpu_runtime(artifact: dict) -> dict | None:
+    """The GPU accelerator's runtime result of one report entry (None in older reports and where not run)."""
+    entry = artifact.get("gpu")
+    return entry if isinstance(entry, dict) and "fully_accelerated" in entry else None
+
+
 _VERDICT = re.compile(r"Model should perform well with (.+?) as is: (YES|NO)")
 _UNSUPPORTED = re.compile(r"Unsupported ops: (.+)")
 _PARTITIONS = re.compile(r"(\d+) partitions with a total of (\d+)/(\d+) nodes can be handled by the (.+?) EP")

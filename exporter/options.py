@@ -118,6 +118,7 @@ class BenchSpec:
     enabled: bool = True  # host latency of every file
     threads: tuple[int, ...] = (1, 2)
     arm: tuple[str, ...] = DEFAULT_CORES  # ARM cores each TFLite file's cost is emulated on; (): none
+    gpu: bool = True  # each TFLite file on LiteRT's GPU accelerator (exporter.gpu; needs `make gpu-env`)
 
     def __post_init__(self):
         if not self.threads or any(t < 1 for t in self.threads):

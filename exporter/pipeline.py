@@ -1,7 +1,7 @@
 """The convert flow, one stage after another (exporter/stages/):
 
 prepare -> export (TFLite per format-table row, QAT, ONNX) -> layer errors / keep-float ->
-held-out accuracy -> which int8 file ships -> host latency -> ARM cost -> report.
+held-out accuracy -> which int8 file ships -> host latency -> ARM cost -> GPU accelerator -> report.
 
 Options are checked once, when ConvertOptions is made (exporter.options). Files are written into
 a staging folder and moved into `<out>/<model>/` only when the whole run succeeded, so a failed
@@ -39,10 +39,11 @@ def convert(opts: ConvertOptions) -> dict:
         arts, shipped = ship.choose_int8(run, arts, ref_iou)
         arts, bench = measure.latency(run, arts)
         arts, arm = measure.arm_cost(run, arts)
+        arts, gpu = measure.gpu(run, arts)
         sections = {"quantisation": {**quantisation, **debug_sections,
                                      **({"ptq_methods": methods_section} if methods_section else {})},
                     "shipped_int8": shipped,
-                    "benchmark": bench, "arm": arm}
+                    "benchmark": bench, "arm": arm, "gpu": gpu}
         report = assemble.report(run, arts, ref, sections, started)
         write_report(report, staging)
         publish(staging, Path(opts.out) / run.name)

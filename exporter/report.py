@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from exporter.artifacts import atomic_path, write_json
+from exporter.delegates import gpu_runtime, static_verdict
 from exporter.formats import recipe_name
 from exporter.policy import rival_label
 
@@ -56,8 +57,10 @@ def recommended_lines(report: dict) -> list[str]:
     lines = []
     rec = report.get("recommended")
     if rec and rec.get("cpu"):
-        lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU `{rec['gpu']}`.", "",
+        gpu = f"`{rec['gpu']}`" if rec.get("gpu") else "none"
+        lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU {gpu}.", "",
                   f"- CPU: {rec['cpu_basis']}.", f"- GPU: {rec['gpu_basis']}."]
+        lines += [f"- GPU static analyser vs run: {d}." for d in rec.get("gpu_disagreements", [])]
     if report.get("shipped_int8"):
         lines += [f"- int8: {_shipped_line(report)}"]
     if report.get("arm_status"):
@@ -327,10 +330,11 @@ def _art(report: dict, name: str) -> dict:
 def _delegates_table(report: dict) -> str:
     rows = ["| file | verdict |", "|---|---|"]
     for a in report["artifacts"]:
-        if "gpu" in a:
-            g = a["gpu"]
+        if (g := static_verdict(a)) is not None:
             blockers = g["unsupported_ops"] + g["tensors_over_4d"] + g["analyzer_warnings"]
             verdict = "GPU delegate: compatible" if g["compatible"] else f"GPU delegate: falls back for {', '.join(blockers)}"
+            if (run := gpu_runtime(a)) is not None:
+                verdict += "; " + _gpu_run_verdict(run)
             if a.get("mediapipe_problems"):
                 verdict += f"; MediaPipe: {'; '.join(a['mediapipe_problems'])}"
             else:
@@ -346,11 +350,33 @@ def _delegates_table(report: dict) -> str:
         else:
             continue
         rows.append(f"| {a['file']} | {verdict} |")
-    gpu = report.get("gpu_runtime", {})
     rows.append("")
-    rows.append("GPU run: " + ("LiteRT GPU accelerator available" if gpu.get("available")
-                               else f"{gpu.get('reason', 'not tried')} on this machine; no GPU figures reported."))
+    if report.get("gpu_run"):
+        g = report["gpu_run"]
+        rows.append(f"GPU run: LiteRT's GPU accelerator on {', '.join(g['devices'])}, {g['samples']} held-out "
+                    f"sample(s) per file, {g['seconds']:.0f} s. {g['note']}")
+        sim = g.get("fp16_simulation") or {}
+        if sim.get("agreement_with_float32") is not None:
+            rows.append(f"\nfp16 (simulated, {sim['samples']} sample(s)): argmax agreement with float32 "
+                        f"{100 * sim['agreement_with_float32']:.3f}%, max |Δ| {sim['max_abs_diff']:.3g}: {sim['note']}.")
+        elif sim:
+            rows.append(f"\nfp16 simulation: {sim.get('error') or sim.get('note')}")
+    elif report.get("gpu_status"):
+        rows.append(f"GPU run: not measured: {report['gpu_status']}")
+    else:
+        gpu = report.get("gpu_runtime", {})
+        rows.append("GPU run: " + ("LiteRT GPU accelerator available" if gpu.get("available")
+                                   else f"{gpu.get('reason', 'not tried')} on this machine; no GPU figures reported."))
     return "\n".join(rows)
+
+
+def _gpu_run_verdict(run: dict) -> str:
+    if "error" in run:
+        return f"GPU run: not measured ({run['error']})"
+    if not run["fully_accelerated"]:
+        return f"GPU run: not fully accelerated ({', '.join(run['fallback_ops'])} fell back)"
+    return (f"GPU run ({run['precision']}): fully accelerated, agreement with CPU "
+            f"{100 * run['agreement_with_cpu']:.2f}%, max |Δ| {run['max_abs_diff']:.2g}")
 
 
 def _per_class_table(report: dict) -> str:

@@ -111,3 +111,27 @@ def test_inspect_describes_the_int8_file(unet_run, run_cli):
     assert "input: pixels [1, 64, 64, 3] uint8, scale 1, zero point 0" in lines, result.stdout
     assert any(line.startswith("output: ") and "uint8" in line for line in lines), result.stdout
     assert "float ops inside: none" in lines, result.stdout
+
+
+def test_gpu_stage_runs_every_tflite_file_or_says_why(unet_run):
+    """Per TFLite file, `gpu` holds LiteRT's GPU accelerator run (exporter/gpu/) and `gpu_static` the
+    static analyser's verdict; without `make gpu-env` the report says why in one line."""
+    from exporter.gpu import env as gpu_env
+
+    out, _, report = unet_run
+    md = (out / "unet" / "report.md").read_text()
+    tflite = [a for a in report["artifacts"] if a["format"] == "tflite"]
+    assert all("compatible" in a["gpu_static"] for a in tflite)
+    reason = gpu_env.check()
+    if reason is not None:
+        assert report["gpu_status"] == reason and "static analyser only" in report["recommended"]["gpu_basis"]
+        assert f"GPU run: not measured: {reason}" in md
+        pytest.skip(reason)
+    assert report["gpu_run"]["devices"] and report["gpu_run"]["fp16_simulation"]["agreement_with_float32"] > 0.99
+    for art in tflite:
+        g = art["gpu"]
+        assert {"device", "fully_accelerated", "precision", "agreement_with_cpu", "max_abs_diff", "fallback_ops"} <= set(g)
+        assert g["fully_accelerated"] and g["fallback_ops"] == []
+    (f32,) = [a for a in tflite if a["precision"] == "float32"]
+    assert f32["gpu"]["agreement_with_cpu"] >= 0.999
+    assert "GPU accelerator" in report["recommended"]["gpu_basis"] and "GPU run:" in md

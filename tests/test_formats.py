@@ -51,7 +51,7 @@ def test_a_registered_precision_is_written_measured_and_reported(float16_twin, t
     twin = arts["unet_fp16twin.tflite"]
     assert (tmp_path / "unet" / "unet_fp16twin.tflite").stat().st_size == twin["bytes"]
     assert twin["bytes"] < 0.6 * arts["unet_float32.tflite"]["bytes"]  # float16 weights: about half
-    assert twin["agreement"] > 0.99 and twin["gpu"]["compatible"] in (True, False)
+    assert twin["agreement"] > 0.99 and twin["gpu_static"]["compatible"] in (True, False)
     assert "| unet_fp16twin.tflite | fp16twin |" in (tmp_path / "unet" / "report.md").read_text()
 
 

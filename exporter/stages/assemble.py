@@ -57,7 +57,8 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         "environment": environment.describe(),
         "benchmark": sections["benchmark"],
         **sections["arm"],
-        "gpu_runtime": gpu_runtime_check(run.staging / arts[0]["file"]),
+        **sections.get("gpu", {}),
+        "gpu_runtime": _gpu_runtime(arts, sections.get("gpu", {})) or gpu_runtime_check(run.staging / arts[0]["file"]),
         "artifacts": arts,
         "seconds": round(time.time() - started, 1),
     }
@@ -67,6 +68,14 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         out["shipped_int8"] = sections["shipped_int8"]
     out.update(judged(out))
     return out
+
+
+def _gpu_runtime(arts: list[dict], gpu: dict) -> dict | None:
+    """The older `gpu_runtime` summary from the GPU stage's float32 run, when it ran (no second compile)."""
+    run = arts[0].get("gpu") if "gpu_run" in gpu and arts and arts[0]["format"] == "tflite" else None
+    if not run or "fully_accelerated" not in run:
+        return None
+    return {"available": True, "fully_accelerated": run["fully_accelerated"], "device": run["device"]}
 
 
 def _calibration(run: Run) -> dict:

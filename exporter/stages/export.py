@@ -47,7 +47,7 @@ def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, 
     if problems:
         say(f"warning: {name}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
     facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "quant_param_bytes": quant_param_bytes(blob),
-             "mediapipe_problems": problems, "gpu": gpu_compatibility(blob), **facts}
+             "mediapipe_problems": problems, "gpu_static": gpu_compatibility(blob), **facts}
     return _write(run, blob, name, "tflite", precision, method, facts, role)
 
 
@@ -83,7 +83,7 @@ def _write(run: Run, blob: bytes, name: str, fmt: str, precision: str, method: s
 def require_gpu_compatible(artifacts: list[Artifact]) -> None:
     """--require-gpu-compatible: every float TFLite file fully GPU-delegate compatible, or fail."""
     for art in artifacts:
-        gpu = art.facts.get("gpu")
+        gpu = art.facts.get("gpu_static")
         if art.format == "tflite" and variant("tflite", art.precision).gpu_candidate and gpu and not gpu["compatible"]:
             blockers = gpu["unsupported_ops"] + gpu["tensors_over_4d"] + gpu["analyzer_warnings"]
             raise ConversionError(f"{art.file} is not fully GPU-delegate compatible: {', '.join(blockers)}")

@@ -63,5 +63,22 @@ def arm_cost(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]
     return [a.measured(arm=per_file[a.file]) if a.file in per_file else a for a in artifacts], top
 
 
+def gpu(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
+    """Each TFLite file on LiteRT's GPU accelerator in a child process (exporter.gpu.stage), and the
+    float graph's fp16 simulation beside it; (records, the report's "gpu_run" or "gpu_status")."""
+    from exporter.gpu.stage import SAMPLES, measure_gpu
+
+    per_file, top = measure_gpu([a.to_json() for a in artifacts], run.staging, run.val.images,
+                                enabled=run.opts.bench.enabled and run.opts.bench.gpu)
+    if "gpu_run" in top:
+        from exporter.gpu.fp16_sim import simulate
+
+        top["gpu_run"]["fp16_simulation"] = sim = simulate(run.fixed, run.val.images[:SAMPLES].astype(np.float32))
+        if "agreement_with_float32" in sim and sim["agreement_with_float32"] is not None:
+            say(f"GPU: fp16 simulation of the float graph: agreement with float32 "
+                f"{100 * sim['agreement_with_float32']:.3f}%, max |Δ| {sim['max_abs_diff']:.3g}")
+    return [a.measured(gpu=per_file[a.file]) if a.file in per_file else a for a in artifacts], top
+
+
 def per_class(labels, iou) -> dict:
     return {label: (None if np.isnan(v) else round(float(v), 6)) for label, v in zip(labels, iou)}
