@@ -33,8 +33,10 @@ def upsample(filters, size):
     return result
 
 
-def unet_model(output_channels, size, fine_tune=False):
-    base_model = tf.keras.applications.MobileNetV2(input_shape=[size, size, 3], include_top=False, weights=None)
+def unet_model(output_channels, size, fine_tune=False, encoder_weights=None):
+    # The tutorial's weights="imagenet", here a local pretrained file (nothing is downloaded).
+    base_model = tf.keras.applications.MobileNetV2(input_shape=[size, size, 3], include_top=False,
+                                                   weights=encoder_weights)
     layer_names = ["block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu"]
     base_model_outputs = [base_model.get_layer(name).output for name in layer_names]
     down_stack = tf.keras.Model(inputs=base_model.input, outputs=base_model_outputs)
@@ -149,11 +151,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--images", required=True, help="npz: train_x, train_y (uint8), eval_x")
     parser.add_argument("--fine-tune", action="store_true", help="UNet: train the encoder too (down_stack.trainable)")
+    parser.add_argument("--encoder-weights", help="UNet: a pretrained MobileNetV2 (no top) weights file")
     args = parser.parse_args()
     tf.keras.utils.set_random_seed(0)
     data = np.load(args.images)
     if args.model == "unet":
-        model = unet_model(args.classes, args.size, args.fine_tune)
+        model = unet_model(args.classes, args.size, args.fine_tune, args.encoder_weights)
         loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         model = build_model((256, 256, 3), args.classes)

@@ -65,8 +65,8 @@ def _is_full_model_h5(path: Path) -> bool:
     try:
         with h5py.File(path, "r") as f:
             return "model_config" in f.attrs or "model_weights" in f
-    except OSError:
-        return False
+    except OSError:  # truncated, or not HDF5 at all
+        raise refuse(path, "not a readable HDF5 file (Keras .h5 files are HDF5)") from None
 
 
 def h5_layer_names(path: Path) -> list[str]:
