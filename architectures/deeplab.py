@@ -203,6 +203,35 @@ def build_deeplab(config):
     return keras.Model(inputs, logits, name="deeplab")
 
 
+def _config_from_weights(path):
+    # A TF1 research/deeplab checkpoint (architectures/importers/deeplab_tf1) implies the class
+    # count and TF1's resize geometry; our own weights.h5 carries no config.
+    from architectures import importers
+
+    return importers.config_overrides("deeplab", path)
+
+
+def _load_weights(model, path, config):
+    from architectures import importers
+
+    return importers.load("deeplab", model, path, config, fallback=_load_keras_weights)
+
+
+def _load_keras_weights(model, path, config):
+    """Our own Keras weights (weights.h5 of a training run): what prepare did before the hooks."""
+    from pathlib import Path
+
+    from exporter.errors import WeightsError
+
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot load into {config.name} "
+                           f"({config.num_classes} classes, {config.input_size}): {exc}") from exc
+
+
 register(
     ArchSpec(
         name="deeplab",
@@ -216,5 +245,7 @@ register(
         input_multiple=32,
         options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"},
         learning_rate=1e-3,
+        config_from_weights=_config_from_weights,
+        load_weights=_load_weights,
     )
 )

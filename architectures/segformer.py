@@ -242,15 +242,19 @@ def fold_decoder_weights(model, folded) -> None:
 
 
 def _config_from_weights(path):
+    # Importers first (Hugging Face's TF SegFormer checkpoints, architectures/importers), then the
+    # PyTorch/safetensors folders and our own Keras weights (segformer_hf).
+    from architectures import importers
     from architectures.segformer_hf import config_from_weights
 
-    return config_from_weights(path)
+    return importers.config_overrides("segformer", path, fallback=config_from_weights)
 
 
 def _load_weights(model, path, config):
+    from architectures import importers
     from architectures.segformer_hf import load_weights
 
-    return load_weights(model, path, config)
+    return importers.load("segformer", model, path, config, fallback=load_weights)
 
 
 register(

@@ -64,3 +64,30 @@ def refuse(path: Path, what: str, missing: dict | None = None, leftover: dict | 
         return f"; {label} ({len(tensors)}): {', '.join(items)}{more}"
 
     return WeightsError(f"{path}: {what}{listed('missing', missing)}{listed('left over', leftover)}")
+
+
+def config_overrides(name: str, path: Path, fallback=None) -> dict:
+    """The spec hook `config_from_weights`: the claiming importer's overrides, else `fallback`'s
+    (an architecture's older loader), else none (our own Keras weights carry no config)."""
+    importer = for_architecture(name, path)
+    if importer is not None:
+        return importer.config_overrides(Path(path))
+    return fallback(path) if fallback is not None else {}
+
+
+def load(name: str, model, path: Path, config, fallback=None):
+    """The spec hook `load_weights`: the claiming importer moves the weights and the user is told
+    what it mapped; anything else goes to `fallback(model, path, config)`."""
+    importer = for_architecture(name, path)
+    if importer is None:
+        return fallback(model, path, config) if fallback is not None else None
+    from exporter.progress import say
+
+    imported = importer.load(model, Path(path), config)
+    say(f"--weights {path}: {imported.describe()}")
+    return imported
+
+
+# The seed's SegFormer and DeepLab checkpoints (issue 25).
+IMPORTERS["segformer"] = ("segformer_tf",)
+IMPORTERS["deeplab"] = ("deeplab_tf1",)
