@@ -72,6 +72,7 @@ def config_overrides(name: str, path: Path, fallback=None) -> dict:
     importer = for_architecture(name, path)
     if importer is not None:
         return importer.config_overrides(Path(path))
+    _refuse_foreign(name, Path(path))
     return fallback(path) if fallback is not None else {}
 
 
@@ -80,12 +81,21 @@ def load(name: str, model, path: Path, config, fallback=None):
     what it mapped; anything else goes to `fallback(model, path, config)`."""
     importer = for_architecture(name, path)
     if importer is None:
+        _refuse_foreign(name, Path(path))
         return fallback(model, path, config) if fallback is not None else None
     from exporter.progress import say
 
     imported = importer.load(model, Path(path), config)
     say(f"--weights {path}: {imported.describe()}")
     return imported
+
+
+def _refuse_foreign(name: str, path: Path) -> None:
+    """A checkpoint another architecture's importer reads is the wrong architecture for `name`:
+    say so in one line, rather than let Keras' loader list every variable it could not place."""
+    for other in IMPORTERS:
+        if other != name and for_architecture(other, path) is not None:
+            raise refuse(path, f"a {other} checkpoint, not a {name} one; use --model {other}")
 
 
 # The seed's SegFormer and DeepLab checkpoints (issue 25).

@@ -33,6 +33,7 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
             raise WeightsError(f"{opts.weights}: weights file not found")
         if spec.config_from_weights is not None:
             overrides = spec.config_from_weights(Path(opts.weights))
+        _check_classes(overrides, opts)
     if opts.data.classes is not None:
         overrides.setdefault("num_classes", opts.data.classes)
     if opts.data.input_size is not None:
@@ -75,6 +76,14 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
         "folder": str(run.folder),
     }
     return spec, config, splits, model, training
+
+
+def _check_classes(overrides: dict, opts: ConvertOptions) -> None:
+    """--classes that contradicts the class count the weights imply is an error, not ignored."""
+    held = overrides.get("num_classes") or len(overrides.get("labels") or ()) or None
+    if opts.data.classes is not None and held is not None and held != opts.data.classes:
+        raise WeightsError(f"--classes {opts.data.classes}: {opts.weights} holds a model of {held} classes; "
+                           "drop --classes, or pass weights with that many")
 
 
 def _trained_run(opts: ConvertOptions):
