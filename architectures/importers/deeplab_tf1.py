@@ -22,8 +22,10 @@ Where the two graphs differ in parameters, the import makes ours compute TF1's f
   the same normalisation in exact arithmetic.
 - Geometry: TF1 resizes with align_corners=True, so the import sets `align_corners` (exact at
   32k+1 inputs, e.g. `--input-size 257`, the seed's crop).
-What stays different is in docs/import-deeplab.md (hard-sigmoid constant 0.16667 vs 1/6; the
-image pooling window at inputs other than the training crop).
+- The SE and image-level gates multiply by 0.16667 in TF1 (utils.q_sigmoid, mobilenet_v3's
+  squeeze_excite), by 1/6 in our graph: the import sets `hard_sigmoid="tf1"`.
+What stays different is in docs/import-deeplab.md (the image pooling window at inputs other
+than the training crop).
 
 The class count is `--decoder_filters` (the logits are the decoder's output): read from
 decoder/feature_projection0's shape. Optimizer slots (Adam, Momentum), global_step and EMA
@@ -100,7 +102,7 @@ def config_overrides(path: Path) -> dict:
         raise refuse(path, "holds no decoder/feature_projection0: not a DeepLab trained with "
                            "--decoder_output_stride=8 --decoder_output_is_logits=1 (the seed's flags)")
     # TF1 DeepLab resizes with corners aligned; our graph does so with this option.
-    return {"num_classes": int(projection[-1]), "align_corners": True}
+    return {"num_classes": int(projection[-1]), "align_corners": True, "hard_sigmoid": "tf1"}
 
 
 def load(model, path: Path, config) -> Imported:
