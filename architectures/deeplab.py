@@ -225,15 +225,17 @@ def _load_weights(model, path, config):
 
 
 def _load_keras_weights(model, path, config):
-    """Our own Keras weights (weights.h5 of a training run): what prepare did before the hooks."""
+    """Our own Keras weights (weights.h5 of a training run, or save_weights' TF checkpoint)."""
     from pathlib import Path
 
+    from architectures.importers import tf_checkpoint
     from exporter.errors import WeightsError
 
-    if not Path(path).is_file():
+    prefix = None if Path(path).is_file() else tf_checkpoint.prefix_of(path)
+    if not Path(path).is_file() and prefix is None:
         raise WeightsError(f"{path}: weights file not found")
     try:
-        model.load_weights(str(path))
+        model.load_weights(str(prefix or path))
     except Exception as exc:
         raise WeightsError(f"{path}: cannot load into {config.name} "
                            f"({config.num_classes} classes, {config.input_size}): {exc}") from exc

@@ -6,6 +6,7 @@ checkpoint and the reference logits come from tests/deeplab_tf1_reference.py, wr
 code: the variable names and shapes its graph creates, and its forward pass op for op.
 """
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def test_convert_matches_tf1_deeplab(checkpoint, run_cli, form):
     agreement = float((probabilities.argmax(-1) == reference.argmax(-1)).mean())
     print(f"{form}: max |dprob| {delta:.2e}, argmax agreement {agreement:.4%}")
     assert delta <= 1e-4 and agreement >= 0.999
+    report = json.loads((out / "deeplab" / "report.json").read_text())
+    assert report["training"]["import"]["mapped"] == 217 and report["input_shape"][1:3] == [CROP, CROP]
 
 
 def test_prefix_imports_exactly(checkpoint):

@@ -80,6 +80,7 @@ def test_convert_matches_the_hugging_face_tf_model(hf_model, run_cli, form):
     assert agreement >= 0.999
     report = json.loads((out / "segformer" / "report.json").read_text())
     assert len(report["labels"]) == TINY["num_labels"]
+    assert report["training"]["import"]["mapped"] == 123  # what the importer said, kept in report.json
 
 
 def test_wrong_class_count_is_one_line(hf_model, run_cli):

@@ -82,12 +82,26 @@ def load(name: str, model, path: Path, config, fallback=None):
     importer = for_architecture(name, path)
     if importer is None:
         _refuse_foreign(name, Path(path))
-        return fallback(model, path, config) if fallback is not None else None
+        if fallback is None:
+            return None
+        try:
+            return fallback(model, path, config)
+        except WeightsError as error:
+            raise one_line(error) from None
     from exporter.progress import say
 
     imported = importer.load(model, Path(path), config)
     say(f"--weights {path}: {imported.describe()}")
     return imported
+
+
+def one_line(error: WeightsError) -> WeightsError:
+    """Keras' loaders put every unrestored variable, values and all, in their message (issue 25:
+    5,544 lines): keep the first line and say how much was left out."""
+    lines = str(error).splitlines()
+    if len(lines) <= 1:
+        return error
+    return WeightsError(f"{lines[0].rstrip(': ')} ({len(lines) - 1} more lines of the loader's message left out)")
 
 
 def _refuse_foreign(name: str, path: Path) -> None:

@@ -58,8 +58,11 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
         load_weights(model, run.weights, config)
         state = run.state
     elif opts.weights is not None:
-        load_weights(model, Path(opts.weights), config)
-        return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
+        imported = load_weights(model, Path(opts.weights), config)
+        record = {"summary": f"weights loaded from {opts.weights}"}
+        if hasattr(imported, "to_json"):  # an importer's account (architectures/importers): into report.json
+            record["import"] = imported.to_json()
+        return spec, config, splits, model, record
     else:
         say(f"no --weights given and no training run in {training_dir(opts.out, config.name)}: training "
             f"{config.name} on {opts.data.source} data first ({opts.schedule.epochs} epochs; "
@@ -115,11 +118,11 @@ def _config_of_run(run, opts: ConvertOptions) -> dict:
     return {"labels": tuple(cfg["labels"]), "input_size": size, **options}
 
 
-def load_weights(model, path: Path, config: ModelConfig) -> None:
+def load_weights(model, path: Path, config: ModelConfig):
+    """Loads `path` into `model`; returns what the spec's loader returned (an importer's Imported)."""
     spec = get_spec(config.name)
     if spec.load_weights is not None:
-        spec.load_weights(model, path, config)
-        return
+        return spec.load_weights(model, path, config)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     try:
