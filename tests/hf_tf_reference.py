@@ -10,6 +10,7 @@ mean/std, NCHW):
 
     OUT/ckpt/Lips.ckpt.*  + OUT/ckpt/checkpoint   save_weights("Lips.ckpt"): TF checkpoint
     OUT/tf_model.h5                                save_weights("tf_model.h5"): Keras HDF5
+    OUT/pretrained/{config.json,tf_model.h5}       save_pretrained
     OUT/logits.npy                                 [N, classes, H/4, W/4] (NCHW, as the model returns)
 """
 
@@ -46,6 +47,7 @@ def main(out: Path, config_path: Path, images_path: Path) -> None:
     (out / "ckpt").mkdir(exist_ok=True)
     model.save_weights(str(out / "ckpt" / "Lips.ckpt"))
     model.save_weights(str(out / "tf_model.h5"))
+    model.save_pretrained(str(out / "pretrained"))  # config.json (with id2label) + tf_model.h5
     logits = model(pixel_values, training=False).logits.numpy()
     np.save(out / "logits.npy", logits)
     print(json.dumps({"logits": list(logits.shape), "weights": len(model.weights)}))

@@ -24,7 +24,7 @@ SIZE = 64
 TINY = {"num_channels": 3, "num_encoder_blocks": 4, "depths": [1, 1, 1, 1], "sr_ratios": [8, 4, 2, 1],
         "hidden_sizes": [8, 16, 40, 64], "patch_sizes": [7, 3, 3, 3], "strides": [4, 2, 2, 2],
         "num_attention_heads": [1, 2, 5, 8], "mlp_ratios": [4, 4, 4, 4], "decoder_hidden_size": 32,
-        "num_labels": 6}
+        "id2label": {"0": "outer", "1": "hair", "2": "face", "3": "skin", "4": "clothes", "5": "lips"}}
 QUICK = ["--input-size", str(SIZE), "--no-onnx", "--no-bench", "--no-arm", "--layer-errors", "0",
          "--train-samples", "8", "--val-samples", "4"]
 
@@ -46,7 +46,7 @@ def hf_model(tmp_path_factory):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     logits = np.load(folder / "logits.npy")
-    assert logits.shape == (2, TINY["num_labels"], SIZE // 4, SIZE // 4)  # NCHW, 1/4 resolution
+    assert logits.shape == (2, len(TINY["id2label"]), SIZE // 4, SIZE // 4)  # NCHW, 1/4 resolution
     return folder, images, _reference_probabilities(logits)
 
 
@@ -62,7 +62,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("form", ["ckpt/Lips.ckpt", "ckpt/Lips.ckpt.index", "ckpt", "tf_model.h5"])
+@pytest.mark.parametrize("form", ["ckpt/Lips.ckpt", "ckpt/Lips.ckpt.index", "ckpt", "tf_model.h5", "pretrained"])
 def test_convert_matches_the_hugging_face_tf_model(hf_model, run_cli, form):
     from support import litert_scores
 
@@ -79,7 +79,9 @@ def test_convert_matches_the_hugging_face_tf_model(hf_model, run_cli, form):
     assert delta <= 1e-4
     assert agreement >= 0.999
     report = json.loads((out / "segformer" / "report.json").read_text())
-    assert len(report["labels"]) == TINY["num_labels"]
+    assert len(report["labels"]) == len(TINY["id2label"])
+    if form == "pretrained":  # save_pretrained's config.json names the classes
+        assert report["labels"][-1] == "lips"
     assert report["training"]["import"]["mapped"] == 123  # what the importer said, kept in report.json
 
 

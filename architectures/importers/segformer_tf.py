@@ -6,7 +6,9 @@ Forms read (what `model.save_weights(...)` / `save_pretrained` write):
   It is object-based: keys are attribute paths, and the object graph stored with it gives each
   variable's own Keras name, which is what we map;
 - a Keras HDF5 weights file (`tf_model.h5`, `save_weights("x.h5")`): groups per top-level layer,
-  datasets named by the same Keras weight names.
+  datasets named by the same Keras weight names;
+- a `save_pretrained` folder (config.json + tf_model.h5), whose config.json also gives the
+  class names (id2label) and the attention heads.
 
 Those names are `<model>/segformer/encoder/block.0.1/attention/self/query/kernel` and the like:
 the module path equals the PyTorch model's (`segformer.encoder.block.0.1.attention.self.query`),
@@ -36,6 +38,7 @@ from architectures.importers import Imported, refuse
 from architectures.importers import tf_checkpoint as ckpt
 
 _H5_SUFFIXES = (".h5", ".hdf5")
+TF_MODEL_H5 = "tf_model.h5"  # what save_pretrained writes beside config.json
 _MARK = "segformer/encoder/"  # in every HF TF SegFormer weight name, in none of our graph's
 _ROOTS = ("segformer", "decode_head")
 _MIT_HEADS = (1, 2, 5, 8)
@@ -57,7 +60,7 @@ _LEAVES = {
 
 def claims(path: Path) -> bool:
     """An HDF5 file or TF checkpoint whose weight names are HF's TF SegFormer's."""
-    p = Path(path).expanduser()
+    p = _h5_in_folder(Path(path).expanduser())
     if p.is_file() and p.suffix in _H5_SUFFIXES:
         return any(_MARK in name for name in _h5_names(p))
     prefix = ckpt.prefix_of(p)
@@ -72,11 +75,23 @@ def config_overrides(path: Path) -> dict:
 
     shapes = {name: array.shape for name, array in _read(Path(path))[0].items()}
     sizes, classes, _ = _sizes(Path(path), shapes)
+    labels = _labels(Path(path), classes)
+    classes_or_labels = {"labels": labels} if labels else {"num_classes": classes}
     variant = next((name for name, v in VARIANTS.items() if v == sizes), None)
     if variant:
-        return {"variant": variant, "num_classes": classes}
+        return {"variant": variant, **classes_or_labels}
     fields = {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}
-    return {"variant": "b0", **fields, "num_classes": classes}
+    return {"variant": "b0", **fields, **classes_or_labels}
+
+
+def _labels(path: Path, classes: int) -> tuple[str, ...] | None:
+    """The class names of a config.json beside the weights (save_pretrained writes the id2label the
+    seed passes to from_pretrained), unless they are transformers' placeholders LABEL_0.."""
+    id2label = (_config_json(path) or {}).get("id2label") or {}
+    names = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else []
+    if len(names) != classes or all(n == f"LABEL_{i}" for i, n in enumerate(names)):
+        return None
+    return tuple(names)
 
 
 def load(model, path: Path, config) -> Imported:
@@ -144,7 +159,7 @@ def _read(path: Path) -> tuple[dict, str]:
 
     from architectures.segformer_hf import canonical_name
 
-    p = path.expanduser()
+    p = _h5_in_folder(path.expanduser())
     raw: dict[str, np.ndarray] = {}
     if p.is_file() and p.suffix in _H5_SUFFIXES:
         import h5py
@@ -188,6 +203,16 @@ def _is_model_variable(key: str) -> bool:
     # Optimizer state (Adam's m and v, iterations) and the save counter are not the model.
     return (key.endswith(ckpt.VALUE_SUFFIX) and ".OPTIMIZER_SLOT" not in key
             and not key.startswith(("optimizer/", "save_counter/")))
+
+
+def _h5_in_folder(p: Path) -> Path:
+    """A save_pretrained folder (config.json + tf_model.h5) stands for its tf_model.h5; a folder
+    that also has PyTorch weights (a Hub download has both) stays segformer_hf's, as before."""
+    if not p.is_dir() or not (p / TF_MODEL_H5).is_file():
+        return p
+    if any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin")):
+        return p
+    return p / TF_MODEL_H5
 
 
 def _attr_list(group, attr: str) -> list[str]:
