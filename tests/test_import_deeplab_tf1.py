@@ -38,6 +38,7 @@ def _softmax(x):
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["folder", "index"])
 def test_convert_matches_tf1_deeplab(checkpoint, run_cli, form):
     from support import litert_scores
@@ -74,6 +75,7 @@ def test_prefix_imports_exactly(checkpoint):
     assert float(np.abs(probabilities - reference).max()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_wrong_class_count_and_architecture_are_one_line(checkpoint, run_cli):
     folder, prefix, _, _ = checkpoint
     for args, words in (

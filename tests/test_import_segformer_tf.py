@@ -62,6 +62,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["ckpt/Lips.ckpt", "ckpt/Lips.ckpt.index", "ckpt", "tf_model.h5", "pretrained"])
 def test_convert_matches_the_hugging_face_tf_model(hf_model, run_cli, form):
     from support import litert_scores
@@ -85,6 +86,7 @@ def test_convert_matches_the_hugging_face_tf_model(hf_model, run_cli, form):
     assert report["training"]["import"]["mapped"] == 123  # what the importer said, kept in report.json
 
 
+@pytest.mark.slow
 def test_wrong_class_count_is_one_line(hf_model, run_cli):
     folder, _, _ = hf_model
     result = run_cli("convert", "--model", "segformer", "--weights", str(folder / "ckpt" / "Lips.ckpt"),
@@ -95,6 +97,7 @@ def test_wrong_class_count_is_one_line(hf_model, run_cli):
     assert not (folder / "runs_wrong_classes" / "segformer").exists()
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_one_line(hf_model, run_cli):
     """The SegFormer checkpoint given as DeepLab's, and a DeepLab-shaped model given to the SegFormer
     importer with fewer classes: each one line naming what does not fit."""
