@@ -14,8 +14,9 @@ our own graph:
   feature's avg_pool window from image_pooling_crop_size and image_pooling_stride, align-corners
   resizes, the sum-merge decoder), from the checkpoint's values.
 
-What cannot be had here is research/deeplab itself (its TF1 contrib/slim code does not run on
-TF 2.21): docs/import-deeplab.md says what that leaves unproven.
+research/deeplab itself does not run on TF 2.21 as it is (tf.contrib); a one-off build of its
+executed branches with tf_slim created exactly `variables(2)` and matched `tf1_logits` to 2.4e-7
+(docs/import-deeplab.md, which also says what is left unproven).
 """
 
 from __future__ import annotations
