@@ -125,3 +125,4 @@ def test_importer_refuses_a_model_of_other_class_count(hf_model):
         segformer_tf.load(build(config), path, config)
     message = str(error.value)
     assert "\n" not in message and "6 classes" in message and "classifier.kernel [1,1,32,3]" in message, message
+    assert "decode_head/classifier/kernel [1,1,32,6]" in message, message

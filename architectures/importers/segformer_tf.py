@@ -73,7 +73,8 @@ def claims(path: Path) -> bool:
 def config_overrides(path: Path) -> dict:
     from architectures.segformer import VARIANTS
 
-    shapes = {name: array.shape for name, array in _read(Path(path))[0].items()}
+    tensors, _, _ = _read(Path(path))
+    shapes = {name: array.shape for name, array in tensors.items()}
     sizes, classes, _ = _sizes(Path(path), shapes)
     labels = _labels(Path(path), classes)
     classes_or_labels = {"labels": labels} if labels else {"num_classes": classes}
@@ -99,7 +100,7 @@ def load(model, path: Path, config) -> Imported:
     from architectures.segformer_hf import weight_table
 
     path = Path(path)
-    tensors, source = _read(path)
+    tensors, source, origin = _read(path)
     shapes = {name: array.shape for name, array in tensors.items()}
     sizes, classes, notes = _sizes(path, shapes)
     wanted = resolve_sizes(config.options)
@@ -130,12 +131,12 @@ def load(model, path: Path, config) -> Imported:
                 value = value.transpose(0, 1, 3, 2)  # grouped Conv2D [kh, kw, 1, C] -> [kh, kw, C, 1]
             if value.shape != target.shape:
                 mismatched_model[f"{layer_name}.{leaf}"] = target.shape
-                mismatched_file[key] = value.shape
+                mismatched_file[origin[key]] = tensors[key].shape
                 continue
             values.append(value.astype(target.dtype))
         if len(values) == len(current):
             assignments.append((layer, values))
-    leftover = {k: shapes[k] for k in tensors if k not in used}
+    leftover = {origin[k]: shapes[k] for k in tensors if k not in used}
     if mismatched_model:
         what = "tensor shapes do not fit the model"
         if "classifier.kernel" in mismatched_model:
@@ -153,8 +154,9 @@ def load(model, path: Path, config) -> Imported:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read(path: Path) -> tuple[dict, str]:
-    """canonical module.leaf name -> array, and what the file was. Refuses non-SegFormer files."""
+def _read(path: Path) -> tuple[dict, str, dict]:
+    """(canonical module.leaf name -> array, what the file was, canonical -> the file's own name,
+    for messages). Refuses files that are not a TF SegFormer's."""
     import numpy as np
 
     from architectures.segformer_hf import canonical_name
@@ -181,7 +183,7 @@ def _read(path: Path) -> tuple[dict, str]:
         for key, name in ckpt.full_names(reader).items():
             if _is_model_variable(key):
                 raw[name] = reader.get_tensor(key)
-    tensors, other = {}, {}
+    tensors, other, origin = {}, {}, {}
     for name, array in raw.items():
         parts = re.sub(r":\d+$", "", name).split("/")
         root = next((i for i, part in enumerate(parts) if part in _ROOTS), None)
@@ -191,12 +193,13 @@ def _read(path: Path) -> tuple[dict, str]:
         # canonical_name takes a parameter name (module.leaf): give it a stand-in leaf.
         module = canonical_name(".".join(parts[root:-1]) + ".x")[:-2]
         tensors[f"{module}.{parts[-1]}"] = array
+        origin[f"{module}.{parts[-1]}"] = "/".join(parts[root:])
     if not any(k.startswith("stages.") for k in tensors):
         raise refuse(path, "not a Hugging Face TF SegFormer checkpoint: no segformer/encoder weights",
                      leftover=other)
     if other:
         raise refuse(path, "holds weights outside the SegFormer model", leftover=other)
-    return tensors, source
+    return tensors, source, origin
 
 
 def _is_model_variable(key: str) -> bool:
