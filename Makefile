@@ -10,8 +10,14 @@ MP_LOCK := locks/venv-mediapipe.txt
 
 MP_VENV := .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
+# Test-only: transformers 4.x with its TensorFlow models (dropped in transformers 5), which writes
+# the Hugging Face TF SegFormer checkpoints and reference logits tests/test_import_segformer_tf.py
+# imports. The product never imports it; without it those tests skip, saying why.
+HF_TF_LOCK := locks/venv-hf-tf.txt
+HF_TF_VENV := .venv-hf-tf
+HF_TF_STAMP := $(HF_TF_VENV)/.installed
 
-.PHONY: setup mediapipe-env arm-env gpu-env demo test test-fast bench lint lock clean
+.PHONY: setup mediapipe-env hf-tf-env arm-env gpu-env demo test test-fast bench lint lock clean
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -34,6 +40,14 @@ $(MP_STAMP): requirements-mediapipe.txt $(MP_LOCK)
 	test -x $(MP_VENV)/bin/python || $(PYTHON) -m venv $(MP_VENV)
 	$(MP_VENV)/bin/python -m pip install --quiet -r $(MP_LOCK)
 	touch $(MP_STAMP)
+
+hf-tf-env: $(HF_TF_STAMP)
+
+$(HF_TF_STAMP): requirements-hf-tf.txt $(HF_TF_LOCK)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(HF_TF_VENV)/bin/python || $(PYTHON) -m venv $(HF_TF_VENV)
+	$(HF_TF_VENV)/bin/python -m pip install --quiet -r $(HF_TF_LOCK)
+	touch $(HF_TF_STAMP)
 
 # QEMU user-mode emulation of aarch64 LiteRT with an instruction-counting plugin (exporter/arm/):
 # needs root on Debian/Ubuntu the first time; everything but the apt packages goes under
@@ -59,6 +73,7 @@ demo: setup
 test: setup
 	-@$(MAKE) --no-print-directory arm-env
 	-@$(MAKE) --no-print-directory gpu-env
+	-@$(MAKE) --no-print-directory hf-tf-env
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
 
 # The edit-test loop: everything but the tests marked slow (over ~10 s each on two cores), under 3 minutes.

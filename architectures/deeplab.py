@@ -89,6 +89,10 @@ BN_EPSILON = 1e-3
 # which XNNPACK delegates in int8 (default); "builtin" as TFLite's HARD_SWISH op, as the issue
 # describes it, which LiteRT 2.3's XNNPACK runs in float only (int8: reference kernel).
 HARD_SWISH_FORMS = ("xnnpack", "builtin")
+# The hard sigmoid's 1/6 in the SE and image-level gates: "exact", or "tf1", the 0.16667 of TF1
+# DeepLab's q_sigmoid and slim's MobileNetV3 SE, which a TF1 checkpoint's import sets
+# (architectures/importers/deeplab_tf1.py) so the imported model computes what TF1 did.
+HARD_SIGMOID_SCALES = {"exact": 1.0 / 6.0, "tf1": 0.16667}
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -115,6 +119,9 @@ def build_deeplab(config):
     hswish_builtin = opts["hard_swish"] == "builtin"
     if opts["hard_swish"] not in HARD_SWISH_FORMS:
         raise ValueError(f"hard_swish must be one of {HARD_SWISH_FORMS}, got {opts['hard_swish']!r}")
+    if opts["hard_sigmoid"] not in HARD_SIGMOID_SCALES:
+        raise ValueError(f"hard_sigmoid must be one of {tuple(HARD_SIGMOID_SCALES)}, got {opts['hard_sigmoid']!r}")
+    gate_scale = HARD_SIGMOID_SCALES[opts["hard_sigmoid"]]
     # Explicit training=False pins BN to inference mode in the graph (kept by clone_model and
     # quantize_annotate_model, lost by quantize_apply); gamma/beta remain trainable weights.
     bn_kwargs = {"training": False} if opts["freeze_bn"] else {}
@@ -146,7 +153,7 @@ def build_deeplab(config):
         s = layers.Conv2D(make_divisible(channels / SE_RATIO), 1, name=f"{name}_se_reduce")(s)
         s = layers.ReLU(name=f"{name}_se_relu")(s)
         s = layers.Conv2D(channels, 1, name=f"{name}_se_expand")(s)
-        s = HardSigmoid(name=f"{name}_se_hsigmoid")(s)
+        s = HardSigmoid(gate_scale, name=f"{name}_se_hsigmoid")(s)
         return layers.Multiply(name=f"{name}_se_mul")([x, s])
 
     inputs = pixel_input(config)
@@ -191,7 +198,7 @@ def build_deeplab(config):
     branch = layers.ReLU(name="aspp0_relu")(branch)
     gate = layers.GlobalAveragePooling2D(keepdims=True, name="image_pooling_pool")(features)
     gate = layers.Conv2D(HEAD_FILTERS, 1, name="image_pooling_conv")(gate)
-    gate = HardSigmoid(name="image_pooling_hsigmoid")(gate)
+    gate = HardSigmoid(gate_scale, name="image_pooling_hsigmoid")(gate)
     head = layers.Multiply(name="aspp_gated")([branch, gate])
 
     # Decoder at output stride 8, sum merge, output is logits.
@@ -214,7 +221,7 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"},
+        options={"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack", "hard_sigmoid": "exact"},
         learning_rate=1e-3,
     )
 )

@@ -59,10 +59,21 @@ class HardSwish(keras.layers.Layer):
 
 @keras.utils.register_keras_serializable(package="segexport")
 class HardSigmoid(keras.layers.Layer):
-    """relu6(x + 3) / 6 (MobileNetV3's hard sigmoid, not Keras 2's 0.2x+0.5 variant)."""
+    """relu6(x + 3) / 6 (MobileNetV3's hard sigmoid, not Keras 2's 0.2x+0.5 variant).
+
+    `scale` replaces the 1/6: TF1 DeepLab's q_sigmoid and slim MobileNetV3's SE gate multiply by
+    0.16667, and a model imported from such a checkpoint computes exactly that (2e-6 apart per
+    gate, compounding over a network's gates)."""
+
+    def __init__(self, scale: float = 1.0 / 6.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = float(scale)
 
     def call(self, x):
-        return tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+        return tf.nn.relu6(x + 3.0) * self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
 
 
 @keras.utils.register_keras_serializable(package="segexport")

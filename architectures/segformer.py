@@ -234,6 +234,8 @@ def fold_decoder_weights(model, folded) -> None:
 
 
 def _config_from_weights(path):
+    # Hugging Face PyTorch/safetensors folders and our own Keras weights (segformer_hf); its TF
+    # checkpoints go through architectures/importers/segformer_tf first.
     from architectures.segformer_hf import config_from_weights
 
     return config_from_weights(path)

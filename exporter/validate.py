@@ -196,9 +196,9 @@ def _keras_side(path: Path, model: str | None, like: _Side, input_norm: str | No
 
 
 def _is_keras(path: Path) -> bool:
-    from architectures.importers.keras_files import checkpoint_prefix
+    from architectures.importers.tf_checkpoint import prefix_of
 
-    return path.suffix in KERAS_SUFFIXES or path.is_dir() or checkpoint_prefix(path) is not None
+    return path.suffix in KERAS_SUFFIXES or path.is_dir() or prefix_of(path) is not None
 
 
 def _check_pair(cand: _Side, ref: _Side) -> None:

@@ -136,7 +136,7 @@ def test_registered_with_voc_defaults():
     assert spec.labels[-1] == "tvmonitor"
     assert spec.input_size == (256, 256)
     assert spec.output == "logits"
-    assert spec.options == {"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack"}
+    assert spec.options == {"align_corners": False, "freeze_bn": False, "hard_swish": "xnnpack", "hard_sigmoid": "exact"}
     assert spec.input_multiple == 32 and spec.min_input == 32
 
 

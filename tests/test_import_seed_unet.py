@@ -76,7 +76,7 @@ def test_a_fine_tuned_tutorial_unet_loads_from_its_weights_h5(tmp_path):
 def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(user, tmp_path):
     out = tmp_path / "out"
     wrong_arch = convert(user / "saved" / "Lips.ckpt", "selfie", out, "--input-size", "64", *CHEAP)
-    assert_one_line_error(wrong_arch, "Lips.ckpt", "not a checkpoint of the seed's selfie ViT", "missing")
+    assert_one_line_error(wrong_arch, "Lips.ckpt", "a unet checkpoint, not a selfie one", "--model unet")
     assert wrong_arch.returncode == 2 and len(wrong_arch.stderr) < 1000  # names and shapes, no values
     wrong_classes = convert(user / "saved" / "weights.h5", "unet", out, "--labels", "a,b", *UNET, *CHEAP)
     assert_one_line_error(wrong_classes, "--labels names 2 classes", "has 3")

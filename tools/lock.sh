@@ -32,12 +32,17 @@ fresh_venv "$work/mediapipe"
 "$work/mediapipe/bin/python" -m pip install --quiet -r requirements-mediapipe.txt
 { header "requirements-mediapipe.txt" "make setup"; "$work/mediapipe/bin/python" -m pip freeze --all; } >"$work/venv-mediapipe.txt"
 
+echo "lock: resolving requirements-hf-tf.txt in a new venv (test-only: Hugging Face's TF SegFormer)"
+fresh_venv "$work/hf-tf"
+"$work/hf-tf/bin/python" -m pip install --quiet -r requirements-hf-tf.txt
+{ header "requirements-hf-tf.txt" "make hf-tf-env"; "$work/hf-tf/bin/python" -m pip freeze --all; } >"$work/venv-hf-tf.txt"
+
 mkdir -p locks
-for name in venv.txt venv-mediapipe.txt arm-aarch64.txt; do
+for name in venv.txt venv-mediapipe.txt venv-hf-tf.txt arm-aarch64.txt; do
     if [[ -f "locks/$name" ]]; then
         diff <(grep -v '^#' "locks/$name") <(grep -v '^#' "$work/$name") | sed -n 's/^[<>] /  /p' \
             | sed "s|^|lock: locks/$name changed: |" || true
     fi
     mv "$work/$name" "locks/$name"
 done
-echo "lock: wrote locks/venv.txt, locks/venv-mediapipe.txt, locks/arm-aarch64.txt"
+echo "lock: wrote locks/venv.txt, locks/venv-mediapipe.txt, locks/venv-hf-tf.txt, locks/arm-aarch64.txt"

@@ -52,22 +52,11 @@ def for_architecture(name: str, path: Path):
     return None
 
 
-def config_overrides(name: str, path: Path) -> dict:
-    """resolve_config overrides a weights source implies: its importer's, else the spec's hook."""
-    from architectures import get_spec
-
-    importer = for_architecture(name, path)
-    if importer is not None:
-        return importer.config_overrides(Path(path))
-    spec = get_spec(name)
-    return spec.config_from_weights(Path(path)) if spec.config_from_weights is not None else {}
-
-
 def exists(path: Path) -> bool:
     """A weights source is there: a file, a folder, or a TF checkpoint named by its prefix."""
-    from architectures.importers.keras_files import checkpoint_prefix
+    from architectures.importers.tf_checkpoint import prefix_of
 
-    return Path(path).exists() or checkpoint_prefix(Path(path)) is not None
+    return Path(path).exists() or prefix_of(path) is not None
 
 
 def shape_text(shape) -> str:
@@ -85,3 +74,61 @@ def refuse(path: Path, what: str, missing: dict | None = None, leftover: dict | 
         return f"; {label} ({len(tensors)}): {', '.join(items)}{more}"
 
     return WeightsError(f"{path}: {what}{listed('missing', missing)}{listed('left over', leftover)}")
+
+
+def config_overrides(name: str, path: Path) -> dict:
+    """resolve_config overrides a weights source implies: the claiming importer's, else the
+    architecture's own hook (`ArchSpec.config_from_weights`), else none (our own Keras weights)."""
+    from architectures import get_spec
+
+    importer = for_architecture(name, path)
+    if importer is not None:
+        return importer.config_overrides(Path(path))
+    _refuse_foreign(name, Path(path))
+    spec = get_spec(name)
+    return spec.config_from_weights(Path(path)) if spec.config_from_weights is not None else {}
+
+
+def load(name: str, model, path: Path, config):
+    """Weights into our graph: the claiming importer moves them and the user is told what it mapped
+    (returns its Imported); else the architecture's own loader (`ArchSpec.load_weights`), whose
+    multi-line errors are cut to one; returns None when neither applies (plain Keras weights)."""
+    from architectures import get_spec
+
+    importer = for_architecture(name, path)
+    if importer is None:
+        _refuse_foreign(name, Path(path))
+        spec = get_spec(name)
+        if spec.load_weights is None:
+            return None
+        try:
+            return spec.load_weights(model, path, config)
+        except WeightsError as error:
+            raise one_line(error) from None
+    from exporter.progress import say
+
+    imported = importer.load(model, Path(path), config)
+    say(f"imported {path}: {imported.describe()}")
+    return imported
+
+
+def one_line(error: WeightsError) -> WeightsError:
+    """Keras' loaders put every unrestored variable, values and all, in their message (issue 25:
+    5,544 lines): keep the first line and say how much was left out."""
+    lines = str(error).splitlines()
+    if len(lines) <= 1:
+        return error
+    return WeightsError(f"{lines[0].rstrip(': ')} ({len(lines) - 1} more lines of the loader's message left out)")
+
+
+def _refuse_foreign(name: str, path: Path) -> None:
+    """A checkpoint another architecture's importer reads is the wrong architecture for `name`:
+    say so in one line, rather than let Keras' loader list every variable it could not place."""
+    for other in IMPORTERS:
+        if other != name and for_architecture(other, path) is not None:
+            raise refuse(path, f"a {other} checkpoint, not a {name} one; use --model {other}")
+
+
+# The seed's SegFormer and DeepLab checkpoints (issue 25).
+IMPORTERS["segformer"] = ("segformer_tf",)
+IMPORTERS["deeplab"] = ("deeplab_tf1",)

@@ -11,13 +11,13 @@ the graph they load into is the user's own; every mismatch becomes one line with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tempfile
 from pathlib import Path
 
 from architectures.importers import Imported, refuse
-
-VALUE = "/.ATTRIBUTES/VARIABLE_VALUE"
+from architectures.importers.tf_checkpoint import VALUE_SUFFIX as VALUE, prefix_of
 _TOP_BIAS = re.compile(r"^layer_with_weights-(\d+)/bias" + re.escape(VALUE) + "$")
 
 
@@ -31,7 +31,7 @@ class Form:
 def form_of(path: Path) -> Form | None:
     """Which of the saved forms `path` is, or None (not a Keras-saved model or weights)."""
     path = Path(path)
-    prefix = checkpoint_prefix(path)
+    prefix = prefix_of(path)
     if prefix is not None:
         return Form("checkpoint", prefix, f"TF checkpoint {prefix.name} (tf.keras save_weights)")
     if path.is_dir() and (path / "saved_model.pb").is_file():
@@ -41,21 +41,6 @@ def form_of(path: Path) -> Form | None:
     if path.is_file() and path.suffix in (".h5", ".hdf5"):
         kind = "h5-model" if _is_full_model_h5(path) else "h5-weights"
         return Form(kind, path, f"{'Keras model' if kind == 'h5-model' else 'Keras weights'} file {path.name}")
-    return None
-
-
-def checkpoint_prefix(path: Path) -> Path | None:
-    """A TF checkpoint's prefix from the prefix itself, its .index file, or its folder."""
-    path = Path(path)
-    if path.is_dir() and (path / "checkpoint").is_file():
-        from exporter.keras import tf
-
-        latest = tf.train.latest_checkpoint(str(path))
-        return Path(latest) if latest else None
-    if path.suffix == ".index" and path.is_file():
-        return path.with_suffix("")
-    if Path(f"{path}.index").is_file():
-        return path
     return None
 
 
@@ -101,9 +86,11 @@ def output_classes(form: Form) -> int | None:
     return int(model.output_shape[-1])
 
 
+@functools.lru_cache(maxsize=2)
 def load_model_file(form: Form):
-    """A full-model file (.keras, .h5 with its config, SavedModel) as the user's own Keras model.
-    Lambda layers (the seed's ViT has one) need safe_mode off: this is the user's own file."""
+    """A full-model file (.keras, .h5 with its config, SavedModel) as the user's own Keras model,
+    read once per run (claims, class count and load all look at it). Lambda layers (the seed's
+    ViT has one) need safe_mode off: this is the user's own file."""
     from exporter.keras import keras
 
     try:
@@ -255,14 +242,54 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines()[0] if text else exc.__class__.__name__)[:200]
 
 
-def seed_importer(build_reference, ours_last_layer: str, what: str):
+def first_kernels(form: Form, n: int = 2) -> list[tuple]:
+    """Shapes of the first `n` kernels in the order the user's graph holds them: a cheap
+    fingerprint of which code built it (read from the file, no graph built)."""
+    if form.kind == "checkpoint":
+        from exporter.keras import tf
+
+        found = dict(tf.train.list_variables(str(form.location)))
+        keys = sorted((k for k in found if k.endswith(("/kernel" + VALUE, "/depthwise_kernel" + VALUE))
+                       and not _bookkeeping(k)), key=_object_path)
+        return [tuple(found[k]) for k in keys[:n]]
+    if form.kind in ("h5-weights", "h5-model"):
+        import h5py
+
+        shapes = []
+        with h5py.File(form.location, "r") as f:
+            group = f["model_weights"] if "model_weights" in f else f
+            for layer in h5_layer_names(form.location):
+                for name in group[layer].attrs.get("weight_names", []):
+                    name = name.decode() if isinstance(name, bytes) else name
+                    if name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel"):
+                        shapes.append(tuple(group[layer][name].shape))
+                if len(shapes) >= n:
+                    return shapes[:n]
+        return shapes
+    kernels = [tuple(w.shape) for layer in _leaves(load_model_file(form)) for w in layer.weights
+               if w.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")]
+    return kernels[:n]
+
+
+def _object_path(key: str) -> tuple:
+    """`layer_with_weights-3/layer_with_weights-12/kernel/...` -> (3, 12): the saved layer order."""
+    return tuple(int(m) for m in re.findall(r"layer_with_weights-(\d+)", key))
+
+
+def seed_importer(build_reference, ours_last_layer: str, what: str, fingerprint: list[tuple]):
     """The importer functions (claims, config_overrides, load) for a graph the seed's Keras code
-    builds: `build_reference(config) -> (model, pairs)` rebuilds it; `ours_last_layer` tells an
-    .h5 saved from our own graph (loaded as it is) from one saved from the user's."""
+    builds: `build_reference(config) -> (model, pairs)` rebuilds it; a file is claimed when its
+    first kernels are `fingerprint` (so another architecture's checkpoint is not), unless it is an
+    .h5 saved from our own graph (its last layer `ours_last_layer`), which loads as it is."""
 
     def claims(path: Path) -> bool:
         form = form_of(path)
-        return form is not None and not (form.kind == "h5-weights" and ours_last_layer in h5_layer_names(form.location))
+        if form is None or (form.kind == "h5-weights" and ours_last_layer in h5_layer_names(form.location)):
+            return False
+        try:
+            return first_kernels(form, len(fingerprint)) == fingerprint
+        except Exception:  # noqa: BLE001 - unreadable as this kind: not this importer's file
+            return False
 
     def config_overrides(path: Path) -> dict:
         classes = output_classes(form_of(path))

@@ -10,4 +10,6 @@ def _reference(config):
     return seed_vit(config.num_classes)  # the seed's graph builds at 256x256 only; weights fit any size
 
 
-claims, config_overrides, load = seed_importer(_reference, "scores", "the seed's selfie ViT")
+# The seed's stem conv (3x3, 16) and block 1's first expansion (1x1, 16 -> 96).
+claims, config_overrides, load = seed_importer(_reference, "scores", "the seed's selfie ViT",
+                                               fingerprint=[(3, 3, 3, 16), (1, 1, 16, 96)])

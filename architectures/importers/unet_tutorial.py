@@ -10,4 +10,6 @@ def _reference(config):
     return tutorial_unet(config.num_classes, config.input_size[0])
 
 
-claims, config_overrides, load = seed_importer(_reference, "logits", "the TF segmentation tutorial's UNet")
+# MobileNetV2's Conv1 and the first depthwise kernel (alpha 1.0, as the tutorial builds it).
+claims, config_overrides, load = seed_importer(_reference, "logits", "the TF segmentation tutorial's UNet",
+                                               fingerprint=[(3, 3, 3, 32), (3, 3, 32, 1)])

@@ -58,9 +58,8 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
         state = run.state
     elif opts.weights is not None:
         imported = load_weights(model, Path(opts.weights), config)
-        if imported is None:
+        if not isinstance(imported, importers.Imported):  # our own weights, or an architecture's loader
             return spec, config, splits, model, {"summary": f"weights loaded from {opts.weights}"}
-        say(f"imported {opts.weights}: {imported.describe()}")
         return spec, config, splits, model, {"summary": f"weights imported from {opts.weights}: {imported.describe()}",
                                              "import": imported.to_json()}
     else:
@@ -137,19 +136,19 @@ def _config_of_run(run, opts: ConvertOptions) -> dict:
 
 
 def load_weights(model, path: Path, config: ModelConfig):
-    """Weights into our graph: through the importer that claims the source (the user's own
-    checkpoints; returns what it mapped), the spec's loader, or Keras' for our own .h5 (None)."""
-    importer = importers.for_architecture(config.name, path)
-    if importer is not None:
-        return importer.load(model, Path(path), config)
-    spec = get_spec(config.name)
-    if spec.load_weights is not None:
-        spec.load_weights(model, path, config)
-        return None
-    if not path.is_file():
+    """Weights into our graph: the importer that claims the source (the user's own checkpoints;
+    returns what it mapped), else the architecture's loader, else Keras' for our own weights (an
+    .h5, or a save_weights TF checkpoint by its prefix or folder)."""
+    from architectures.importers.tf_checkpoint import prefix_of
+
+    loaded = importers.load(config.name, model, path, config)
+    if loaded is not None or get_spec(config.name).load_weights is not None:
+        return loaded
+    prefix = None if Path(path).is_file() else prefix_of(path)
+    if not Path(path).is_file() and prefix is None:
         raise WeightsError(f"{path}: weights file not found")
     try:
-        model.load_weights(str(path))
+        model.load_weights(str(prefix or path))
     except Exception as exc:  # Keras' message can list every tensor with its values: its first line only
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise WeightsError(f"{path}: cannot load into {config.name} "
