@@ -235,9 +235,9 @@ Int16x8Opt = Annotated[bool, typer.Option("--int16x8", help="Same as --precision
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Trained weights: a training folder written by `exporter train` "
                                                          "(or its weights.h5); what your own training code saved (a TF "
                                                          "checkpoint as its prefix, e.g. Lips.ckpt, its .index or its "
-                                                         "folder; a weights .h5; a model .h5/.keras; a SavedModel folder: "
-                                                         "README, 'Convert the model you trained'); or a Hugging Face "
-                                                         "SegFormer folder. Without it, the finished run in "
+                                                         "folder; a weights .h5; a model .h5/.keras; a SavedModel folder; "
+                                                         "a TF1 research/deeplab train_logdir: README, 'Convert the model "
+                                                         "you trained'); or a Hugging Face SegFormer folder. Without it, the finished run in "
                                                          "OUT/MODEL/training is used, and only when there is none the "
                                                          "model is trained first.")]
 IoOpt = Annotated[IO, typer.Option(help="Input/output type of the int8 file.")]

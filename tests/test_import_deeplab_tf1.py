@@ -62,14 +62,14 @@ def test_convert_matches_tf1_deeplab(checkpoint, run_cli, form):
 
 def test_prefix_imports_exactly(checkpoint):
     """The model.ckpt-N prefix, in Keras (no conversion): the same function as TF1's."""
-    from architectures import build, get_spec, resolve_config
+    from architectures import build, importers, resolve_config
+    from exporter.stages.prepare import load_weights
 
     folder, prefix, images, reference = checkpoint
-    spec = get_spec("deeplab")
-    config = resolve_config("deeplab", input_size=CROP, **spec.config_from_weights(prefix))
+    config = resolve_config("deeplab", input_size=CROP, **importers.config_overrides("deeplab", prefix))
     assert config.num_classes == CLASSES and config.options["align_corners"]
     model = build(config)
-    imported = spec.load_weights(model, prefix, config)
+    imported = load_weights(model, prefix, config)
     assert imported.mapped == 217
     probabilities = _softmax(model(images, training=False).numpy().astype(np.float64))
     assert float(np.abs(probabilities - reference).max()) <= 1e-5
@@ -108,15 +108,15 @@ def test_missing_and_left_over_variables_are_named_with_shapes(tmp_path):
 
 
 def test_our_own_weights_still_load(tmp_path):
-    """The hooks keep today's behaviour for deeplab's own Keras weights (a training run's weights.h5)."""
-    from architectures import build, get_spec, resolve_config
+    """The import keeps today's behaviour for deeplab's own Keras weights (a training run's weights.h5)."""
+    from architectures import build, importers, resolve_config
+    from exporter.stages.prepare import load_weights
 
     config = resolve_config("deeplab", input_size=64, num_classes=3)
     source, target = build(config), build(config)
     source.save_weights(str(tmp_path / "weights.h5"))
-    spec = get_spec("deeplab")
-    assert spec.config_from_weights(tmp_path / "weights.h5") == {}
-    spec.load_weights(target, tmp_path / "weights.h5", config)
+    assert importers.config_overrides("deeplab", tmp_path / "weights.h5") == {}
+    assert load_weights(target, tmp_path / "weights.h5", config) is None  # Keras' own loader, nothing imported
     for a, b in zip(source.get_weights(), target.get_weights()):
         np.testing.assert_array_equal(a, b)
     shutil.rmtree(tmp_path)
