@@ -6,13 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from calibration.sampling import class_coverage
 from exporter import environment
 from exporter.artifacts import Artifact
 from exporter.formats import SELECTIVE
 from exporter.stages.measure import per_class
+from exporter.stages.prepare import weight_count
 from exporter.stages.run import Run
 
 
@@ -89,14 +88,6 @@ def _calibration(run: Run) -> dict:
         "coverage": class_coverage(run.calib, run.config.labels),
         "train_coverage": class_coverage(run.splits.train, run.config.labels),
     }
-
-
-def weight_count(model) -> int:
-    """Weights that survive into the file: BatchNorm parameters fold into the convolutions."""
-    from exporter.keras import keras
-
-    return int(sum(np.prod(w.shape) for layer in model.layers
-                   if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.weights))
 
 
 def _unquantised(artifacts: list[dict], quantisation: dict) -> dict:
