@@ -22,8 +22,10 @@ from exporter.errors import WeightsError
 
 # Architecture -> importer modules (architectures.importers.<module>), tried in order.
 IMPORTERS: dict[str, tuple[str, ...]] = {
-    "unet": ("unet_tutorial",),
-    "selfie": ("selfie_seed",),
+    "unet": ("unet_tutorial",),  # TensorFlow's segmentation tutorial, as the seed builds it
+    "selfie": ("selfie_seed",),  # the seed's "modified ViT"
+    "segformer": ("segformer_tf",),  # Hugging Face's TFSegformerForSemanticSegmentation
+    "deeplab": ("deeplab_tf1",),  # TF1 research/deeplab, mobilenet_v3_small_seg
 }
 
 
@@ -128,7 +130,3 @@ def _refuse_foreign(name: str, path: Path) -> None:
         if other != name and for_architecture(other, path) is not None:
             raise refuse(path, f"a {other} checkpoint, not a {name} one; use --model {other}")
 
-
-# The seed's SegFormer and DeepLab checkpoints (issue 25).
-IMPORTERS["segformer"] = ("segformer_tf",)
-IMPORTERS["deeplab"] = ("deeplab_tf1",)
