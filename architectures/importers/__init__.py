@@ -129,4 +129,3 @@ def _refuse_foreign(name: str, path: Path) -> None:
     for other in IMPORTERS:
         if other != name and for_architecture(other, path) is not None:
             raise refuse(path, f"a {other} checkpoint, not a {name} one; use --model {other}")
-
