@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, first_line
 
 SUFFIXES = (".tflite", ".onnx")
 # Ops a segmentation output passes through after its activation (quantisation edges, layout).
@@ -83,7 +83,7 @@ def _tflite(path: Path) -> ModelFile:
                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         ops = interp._get_ops_details()
     except Exception as exc:
-        raise ExporterError(f"{path}: not a valid TFLite file ({_first_line(exc)})") from None
+        raise ExporterError(f"{path}: not a valid TFLite file ({first_line(exc)})") from None
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     inputs = [_tflite_tensor(d) for d in interp.get_input_details()]
     outputs = [_tflite_tensor(d) for d in interp.get_output_details()]
@@ -141,7 +141,7 @@ def _onnx(path: Path) -> ModelFile:
     try:
         model = onnx.load(str(path))
     except Exception as exc:
-        raise ExporterError(f"{path}: not a valid ONNX file ({_first_line(exc)})") from None
+        raise ExporterError(f"{path}: not a valid ONNX file ({first_line(exc)})") from None
     graph = model.graph
     if not graph.node:
         raise ExporterError(f"{path}: not a valid ONNX file (no graph nodes)")
@@ -329,8 +329,3 @@ def runner_options(contract: InputContract, head: Head | None = None) -> dict:
 def _values(v) -> str:
     v = list(v)
     return f"{v[0]:g}" if len(v) == 1 else "[" + ", ".join(f"{x:g}" for x in v) + "]"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else exc.__class__.__name__

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from architectures.importers import Imported, refuse
+from exporter.errors import first_line
 from architectures.importers.tf_checkpoint import VALUE_SUFFIX as VALUE, prefix_of
 _TOP_BIAS = re.compile(r"^layer_with_weights-(\d+)/bias" + re.escape(VALUE) + "$")
 
@@ -109,7 +110,7 @@ def read_into(reference, form: Form, what: str) -> int:
     try:
         loaded = load_model_file(form)
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; the first line says which
-        raise refuse(form.location, f"cannot read as a Keras model: {_first_line(exc)}") from None
+        raise refuse(form.location, f"cannot read as a Keras model: {first_line(exc)}") from None
     return _layers_into(reference, loaded, form, what)
 
 
@@ -204,24 +205,23 @@ def _shapes(layer) -> list[tuple]:
 
 
 def _shape_difference(expected: list, found: list) -> tuple[dict, dict]:
-    """Tensors whose shape has no counterpart on the other side (as multisets of shapes)."""
+    """(missing, left over): tensors whose shape has no counterpart on the other side (as
+    multisets of shapes)."""
+    return _unmatched(expected, found), _unmatched(found, expected)
+
+
+def _unmatched(tensors: list, other: list) -> dict:
+    """{name: shape} of `tensors` left once each shape in `other` has been matched once."""
     from collections import Counter
 
-    left = Counter(s for _, s in found)
-    missing = {}
-    for name, shape in expected:
-        if left[shape]:
-            left[shape] -= 1
+    available = Counter(shape for _, shape in other)
+    out = {}
+    for name, shape in tensors:
+        if available[shape]:
+            available[shape] -= 1
         else:
-            missing[name] = shape
-    need = Counter(s for _, s in expected)
-    leftover = {}
-    for name, shape in found:
-        if need[shape]:
-            need[shape] -= 1
-        else:
-            leftover[name] = shape
-    return missing, leftover
+            out[name] = shape
+    return out
 
 
 def move_into_ours(model, pairs: dict, form: Form, what: str, read: int) -> Imported:
@@ -235,11 +235,6 @@ def move_into_ours(model, pairs: dict, form: Form, what: str, read: int) -> Impo
         moved += len(layer.weights)
     return Imported(source=f"{form.description}, {what}", mapped=moved,
                     notes=(f"{read} tensors read from the file",) if read != moved else ())
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else exc.__class__.__name__)[:200]
 
 
 def first_kernels(form: Form, n: int = 2) -> list[tuple]:

@@ -14,7 +14,7 @@ import numpy as np
 from architectures import ModelConfig, build, get_spec, importers, resolve_config
 from calibration.checks import check_labels
 from calibration.sources import load_splits
-from exporter.errors import ExporterError, WeightsError
+from exporter.errors import ExporterError, WeightsError, first_line
 from exporter.options import ConvertOptions
 from exporter.progress import say
 from exporter.train import find_run, run_from_weights, seed_everything, train, training_dir
@@ -150,9 +150,8 @@ def load_weights(model, path: Path, config: ModelConfig):
     try:
         model.load_weights(str(prefix or path))
     except Exception as exc:  # Keras' message can list every tensor with its values: its first line only
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
         raise WeightsError(f"{path}: cannot load into {config.name} "
-                           f"({config.num_classes} classes, {config.input_size}): {first}") from exc
+                           f"({config.num_classes} classes, {config.input_size}): {first_line(exc)}") from exc
 
 
 def weight_count(model) -> int:
