@@ -60,13 +60,13 @@ def onnx_to_float_tflite(path: Path, workdir: Path) -> tuple[bytes, dict]:
         raise ForeignModelError(f"{name}: cannot copy the model for conversion: {first_line(exc)}") from exc
     keras_model = _onnx2tf(name, source, workdir / "onnx2tf", contract)
     blob, transposed = _to_tflite(name, keras_model, contract)
-    if transposed:
-        notes.append("onnx2tf computes the output NHWC; a TRANSPOSE at the end gives it back in the ONNX "
-                     f"file's {contract['output_layout']} layout")
     if contract["input_layout"] == "NCHW":
         notes.append("input kept NCHW as in the ONNX file (onnx2tf keep_ncw_or_nchw_or_ncdhw_input_names): "
                      "a TRANSPOSE to NHWC at the start")
-    diff = _check_against_onnxruntime(name, path, blob, contract)
+    if transposed:
+        notes.append("onnx2tf computes the output NHWC; a TRANSPOSE at the end gives it back in the ONNX "
+                     f"file's {contract['output_layout']} layout")
+    diff = _check_against_onnxruntime(name, fixed, blob, contract)
     notes.append(f"checked against ONNX Runtime on one input: max abs difference {diff:.2e}")
     facts = {"engine": ENGINE, "input_layout": contract["input_layout"],
              "output_layout": contract["output_layout"], "input_name": contract["tf_input_name"],
@@ -128,14 +128,20 @@ def _dims(value_info) -> list:
             for d in shape.dim]
 
 
-def _layout(shape: list[int], fallback: str) -> str:
+def _layout(shape: list[int], fallback: str, image: tuple[int, int] | None = None) -> str:
     """NCHW or NHWC read from a 4-D shape: the channel axis is the one that differs from the two
-    spatial ones (or the smaller end axis); the input's layout where the shape cannot tell."""
+    spatial ones (or the smaller end axis), or the one that leaves the `image`'s aspect ratio
+    (H, W of the input); `fallback` where the shape cannot tell."""
     _, a, b, c = shape
     if b == c != a or (a <= 4 < c):
         return "NCHW"
     if a == b != c or (c <= 4 < a):
         return "NHWC"
+    if image is not None:
+        aspect = image[0] / image[1]
+        chw, hwc = abs(np.log(b / c / aspect)), abs(np.log(a / b / aspect))
+        if min(chw, hwc) < 0.05 and abs(chw - hwc) > 0.05:
+            return "NCHW" if chw < hwc else "NHWC"
     return fallback
 
 
@@ -184,7 +190,8 @@ def _contract(name: str, model) -> dict:
     if len(output_shape) != 4:
         raise ForeignModelError(f"{name}: output '{out.name}' is {len(output_shape)}-D {output_shape}: "
                                 "not a segmentation model (expected [1, C, H, W] or [1, H, W, C] class scores)")
-    output_layout = _layout(output_shape, input_layout)
+    spatial = tuple(input_shape[2:]) if input_layout == "NCHW" else tuple(input_shape[1:3])
+    output_layout = _layout(output_shape, input_layout, spatial)
     return {"input_name": inp.name, "output_name": out.name, "input_shape": input_shape,
             "output_shape": output_shape, "input_layout": input_layout, "output_layout": output_layout,
             "tf_input_name": _tf_name(inp.name, "input"), "tf_output_name": _tf_name(out.name, "output"),
@@ -235,14 +242,19 @@ def _onnx2tf(name: str, source: Path, out_dir: Path, contract: dict):
     captured = io.StringIO()
     verbose = _verbose()
     quiet = contextlib.nullcontext() if verbose else _redirected(captured)
+    # The input onnx2tf runs ONNX Runtime on to check each op's conversion: seeded values in the
+    # file's own input shape (its default is a download, below).
+    sample = out_dir.parent / "onnx2tf_sample_input.npy"
+    np.save(sample, np.random.default_rng(0).standard_normal(contract["input_shape"]).astype(np.float32))
     try:
         import exporter.keras  # noqa: F401  (Keras 2 selected before TensorFlow loads)
 
-        with quiet:
+        with quiet, _no_download():
             import onnx2tf
 
             model = onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(out_dir),
                                     not_use_onnxsim=True, disable_model_save=True, non_verbose=not verbose,
+                                    custom_input_op_name_np_data_path=[[contract["input_name"], str(sample)]],
                                     **keep)
     except (Exception, SystemExit) as exc:
         cause = _first_error(captured.getvalue()) or (first_line(exc) if not isinstance(exc, SystemExit)
@@ -252,6 +264,28 @@ def _onnx2tf(name: str, source: Path, out_dir: Path, contract: dict):
         raise ForeignModelError(f"{name}: onnx2tf cannot convert it: "
                                 f"{_first_error(captured.getvalue()) or 'no model came back'}")
     return model
+
+
+class _no_download:
+    """onnx2tf fetches 20 sample images from GitHub (into the current directory) whenever the
+    graph's input ends in 3 channels (an NHWC input); here it gets seeded local ones instead."""
+
+    def __enter__(self):
+        import onnx2tf.onnx2tf as module
+
+        self._module, self._original = module, module.download_test_image_data
+        module.download_test_image_data = _sample_images
+        return self
+
+    def __exit__(self, *exc):
+        self._module.download_test_image_data = self._original
+        return False
+
+
+def _sample_images() -> np.ndarray:
+    """[20, 128, 128, 3] float32 in [0, 1]: smooth seeded colour fields, in place of onnx2tf's download."""
+    coarse = np.random.default_rng(0).random((20, 8, 8, 3), dtype=np.float32)
+    return np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)
 
 
 class _redirected:
@@ -327,15 +361,13 @@ def _to_tflite(name: str, keras_model, contract: dict) -> tuple[bytes, bool]:
     return blob, to_onnx_layout
 
 
-def _check_against_onnxruntime(name: str, path: Path, blob: bytes, contract: dict) -> float:
+def _check_against_onnxruntime(name: str, model, blob: bytes, contract: dict) -> float:
     """Max abs difference of the TFLite file from ONNX Runtime on one seeded normal input; a
     ForeignModelError when it is beyond float rounding (a wrong conversion)."""
-    import onnx
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
 
     x = np.random.default_rng(0).standard_normal(contract["input_shape"]).astype(np.float32)
-    model = _with_batch_one(onnx.load(str(path)), contract["input_name"])
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     want = session.run(None, {contract["input_name"]: x})[0]
     try:
