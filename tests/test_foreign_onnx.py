@@ -65,13 +65,15 @@ def photos() -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_float_tflite_keeps_the_onnx_contract(segmenter, photos, tmp_path):
+def test_float_tflite_keeps_the_onnx_contract(segmenter, photos, tmp_path, capsys):
     from ai_edge_litert.interpreter import Interpreter
 
     from architectures.importers.foreign.onnx_source import onnx_to_float_tflite
 
     before = segmenter.read_bytes()
+    capsys.readouterr()
     blob, facts = onnx_to_float_tflite(segmenter, tmp_path / "work")
+    assert capsys.readouterr() == ("", "")  # onnx2tf's printing captured
     assert segmenter.read_bytes() == before  # onnx2tf rewrites its input file: never the user's
     assert facts["engine"] == "onnx2tf 1.29.24"
     assert (facts["input_layout"], facts["output_layout"]) == ("NCHW", "NCHW")
@@ -153,3 +155,15 @@ def test_refuses_a_classifier(tmp_path):
 def test_refuses_a_dynamic_input_size(tmp_path):
     message = refusal(torch_onnx_segmenter(tmp_path / "dynamic.onnx", dynamic_size=True), tmp_path)
     assert "give a fixed input size" in message
+
+
+def test_onnx2tf_stopping_is_one_line(segmenter, tmp_path, monkeypatch):
+    """onnx2tf prints a coloured ERROR and calls sys.exit(1) on what it cannot convert."""
+    import onnx2tf
+
+    def stops(**kwargs):
+        print("\x1b[31mERROR:\x1b[0m Unsupported op: GridSample mode=bicubic\nTraceback (most recent call last):")
+        raise SystemExit(1)
+
+    monkeypatch.setattr(onnx2tf, "convert", stops)
+    assert refusal(segmenter, tmp_path) == "segmenter.onnx: onnx2tf cannot convert it: Unsupported op: GridSample mode=bicubic"
