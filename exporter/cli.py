@@ -285,9 +285,24 @@ KeepFloatTriesOpt = Annotated[int, typer.Option(help="--keep-float auto: at most
 LayerErrorsOpt = Annotated[int, typer.Option(help="Worst layers by int8 error listed in the report (0: skip).")]
 
 
+ConvertModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Architecture name (see `exporter list-models`); or --from FILE for any model.")]
+FromOpt = Annotated[Optional[Path], typer.Option(
+    "--from", help="Any segmentation model instead of --model: a .keras/full-model .h5 file, a SavedModel folder, "
+                   "a float .tflite or an .onnx. Its files keep its own input and output contract; needs --data "
+                   "(plain images are enough).")]
+NameOpt = Annotated[Optional[str], typer.Option(help="--from: the run's name (default: the file's stem).")]
+OutputKindOpt = Annotated[Optional[str], typer.Option(
+    "--output", help="--from: what the mask output holds: logits, probabilities or sigmoid (default: the file's "
+                     "metadata, else its last op).")]
+
+
 @app.command()
 def convert(
-    model: ModelOpt,
+    model: ConvertModelOpt = None,
+    from_: FromOpt = None,
+    name: NameOpt = None,
+    output: OutputKindOpt = None,
     precision: PrecisionOpt = None,
     int8: Int8Opt = False,
     fp16: Fp16Opt = False,
@@ -328,18 +343,40 @@ def convert(
     input_norm: InputNormOpt = None,
     labels: LabelsOpt = None,
 ) -> None:
-    """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report."""
+    """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report.
+
+    --model NAME: one of our architectures, trained here or loaded from --weights. --from FILE: any
+    segmentation model (Keras, SavedModel, float TFLite, ONNX) in its own input and output contract."""
     from exporter.arm.cost_stage import parse_cores
-    from exporter.errors import ParityError
     from exporter.options import parse_labels
     from exporter.pipeline import convert as run_convert
-    from exporter.policy import strict_failures
-    from exporter.report import recommended_lines, summary_table, verdict
 
     arm_cores = () if no_arm else parse_cores(arm) if arm is not None else _B.arm if bench else ()
+    precisions = parse_precisions(precision, {"int8": int8, "fp16": fp16, "dynamic": dynamic, "int16x8": int16x8})
+    bench_spec = BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run)
+    if (model is None) == (from_ is None):
+        raise ExporterError("give --model NAME (an architecture of `exporter list-models`) or --from FILE (any "
+                            "segmentation model), not " + ("both" if model else "neither"))
+    if from_ is not None:
+        mine = {"--weights": weights is not None, "--qat": qat, "--keep-float": keep_float is not None,
+                "--ptq-method": ptq_method is not None, "--input-size": input_size is not None,
+                "--classes": classes is not None}
+        if any(mine.values()):
+            raise ExporterError(f"{next(k for k, v in mine.items() if v)} is for --model; --from converts the file as it is")
+        from exporter.stages.foreign import ForeignOptions, convert_from
+
+        report = convert_from(ForeignOptions(
+            source=from_, precisions=("float32", *(p for p in precisions if p != "float32")), data=data, out=out,
+            name=name, input_norm=input_norm, labels=parse_labels(labels), output=output,
+            calibration_samples=calibration_samples, val_samples=val_samples, onnx=onnx, bench=bench_spec,
+            command=_command_line()))
+        _print_summary(report, out, strict)
+        return
+    if name is not None or output is not None:
+        raise ExporterError(f"{'--name' if name is not None else '--output'} is for --from")
     report = run_convert(ConvertOptions(
         model=model, onnx=onnx, weights=weights, out=out, command=_command_line(),
-        precisions=parse_precisions(precision, {"int8": int8, "fp16": fp16, "dynamic": dynamic, "int16x8": int16x8}),
+        precisions=precisions,
         data=DataSpec(source=data, train_samples=train_samples, val_samples=val_samples, input_size=input_size,
                       classes=classes),
         schedule=Schedule(epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed),
@@ -348,10 +385,18 @@ def convert(
                         qat_targets=qat_targets, keep_float=keep_float, max_miou_drop=max_miou_drop,
                         keep_float_tries=keep_float_tries, layer_errors=max(layer_errors, 0),
                         ptq_methods=tuple(m.strip() for m in (ptq_method or "").split(",") if m.strip())),
-        bench=BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run),
+        bench=bench_spec,
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
         input_norm=input_norm, labels=parse_labels(labels),
     ))
+    _print_summary(report, out, strict)
+
+
+def _print_summary(report: dict, out: Path, strict: bool) -> None:
+    from exporter.errors import ParityError
+    from exporter.policy import strict_failures
+    from exporter.report import recommended_lines, summary_table, verdict
+
     for check in report["checks"]:
         typer.echo(f"{verdict(check)}  {check['name']}: {check['detail']}")
     for line in filter(None, recommended_lines(report)):

@@ -117,6 +117,15 @@ def add_segmenter_metadata(model_content: bytes, *, name: str, description: str,
     return _pack_model(model, metadata_buffer, {LABELS_FILE: "\n".join(labels).encode("utf-8")})
 
 
+def copy_metadata(source: bytes, target: bytes) -> bytes:
+    """`target` with `source`'s metadata buffer and associated files (labels...): a file made from
+    another keeps what the original told its runtime. `target` as it is when `source` has none."""
+    buffer = _metadata_buffer(source)
+    if buffer is None:
+        return target
+    return _pack_model(_model_object(target), buffer, _packed_files(source))
+
+
 def _input_metadata(md_fb, mean, std, input_type: str):
     """An RGB image, its normalisation, and the value range the tensor sees."""
     image = md_fb.TensorMetadataT()

@@ -13,7 +13,7 @@ fully GPU-delegate compatible, else float32, and the basis says it is the static
 from __future__ import annotations
 
 from exporter.delegates import gpu_runtime, static_verdict
-from exporter.policy import ARM_CORE, checks, gate, meets_gate
+from exporter.policy import ARM_CORE, checks, gate, meets_gate, policy_of
 
 GPU_CPU_AGREEMENT = 0.999  # GPU vs CPU argmax agreement below which the CPU-measured accuracy is not the GPU's
 
@@ -79,8 +79,8 @@ def _gpu_gate(report: dict, arts: list[dict], checks: list[dict], passing: dict)
     for a in arts:
         if a["file"] in gated or a["precision"] == "float32":
             out[a["file"]] = bool(passing.get(a["file"]))
-        elif a.get("agreement") is not None and a.get("miou_delta") is not None:
-            out[a["file"]] = meets_gate(report["model"], ref_iou, a, method="ptq")
+        elif a.get("agreement") is not None and (a.get("miou_delta") is not None or report.get("policy")):
+            out[a["file"]] = meets_gate(policy_of(report), ref_iou, a, method="ptq")
         else:
             out[a["file"]] = False
     return out

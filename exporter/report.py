@@ -61,6 +61,8 @@ def recommended_lines(report: dict) -> list[str]:
         lines += [f"**Recommended:** CPU `{rec['cpu']}`, GPU {gpu}.", "",
                   f"- CPU: {rec['cpu_basis']}.", f"- GPU: {rec['gpu_basis']}."]
         lines += [f"- GPU static analyser vs run: {d}." for d in rec.get("gpu_disagreements", [])]
+    if (report.get("int8_search") or {}).get("summary"):
+        lines += [f"- int8: {report['int8_search']['summary']}."]
     if report.get("shipped_int8"):
         lines += [f"- int8: {_shipped_line(report)}"]
     if report.get("arm_status"):
@@ -111,8 +113,10 @@ def to_markdown(report: dict, figure: str | None) -> str:
     if report.get("refreshed"):
         lines += [f"Checks and recommendation recomputed from these measurements on {report['refreshed']['date']} "
                   f"(`python -m exporter.report_refresh`, {report['refreshed']['why']}).", ""]
+    source = report.get("source")
+    lines += _source_lines(report) if source else [
+        f"- input: {report['input_shape']} RGB 0..255 ({report['normalisation']} inside the graph)"]
     lines += [
-        f"- input: {report['input_shape']} RGB 0..255 ({report['normalisation']} inside the graph)",
         f"- labels: {', '.join(report['labels'])}",
         f"- reference: {report['reference']['description']}",
         f"- held-out data: {report['data']['heldout_samples']} samples of {report['data']['source']} "
@@ -123,19 +127,32 @@ def to_markdown(report: dict, figure: str | None) -> str:
         "",
         f"Latency: median of {report['benchmark']['runs_per_variant']} runs per variant and thread count, "
         "variants alternated in blocks in one run, on this machine's CPU (information: the speed check uses "
-        "the ARM instruction counts). Agreement: pixels whose argmax equals the float Keras "
-        "model's. mIoU against the ground truth of the held-out samples.",
+        "the ARM instruction counts). Agreement: pixels whose class equals the reference's ("
+        + ("the original model" if source else "the float Keras model") + "). "
+        + ("mIoU against the ground truth of the held-out samples." if report["data"].get("masks", True) else
+           "No ground truth was given: mIoU is not measured; per-class IoU is against the reference's classes."),
         "",
     ]
     if report.get("checks"):
         lines += ["## Checks", ""] + [f"- {c['name']}: **{verdict(c)}** ({c['detail']})"
                                       for c in report["checks"]] + [""]
     lines += arm_table(report)
-    lines += ["## Per-class IoU", "", _per_class_table(report), ""]
+    if report["data"].get("masks", True):
+        lines += ["## Per-class IoU", "", _per_class_table(report), ""]
+    else:
+        lines += ["## Per-class IoU against the reference's classes (no ground truth given)", "",
+                  _per_class_table(report, "iou_vs_reference"), ""]
     if report.get("quantisation"):
         lines += _quantisation_sections(report)
+    if report.get("int8_search"):
+        lines += _int8_search_section(report["int8_search"])
     lines += ["## Mobile delegates", "", _delegates_table(report), ""]
     cal = report["calibration"]
+    if "coverage" not in cal:  # a foreign model's data: no class coverage to show
+        lines += ["## Calibration data", "", f"{cal['samples']} samples, {cal['method']}.", ""]
+        if figure:
+            lines += ["", f"![latency and accuracy]({figure})", ""]
+        return "\n".join(lines) + "\n"
     pct = cal.get("range_percentile", 100.0)
     ranges = ("TFLite's min/max over them" if pct >= 100 else
               f"each tensor's min/max narrowed to the {pct:g}th percentile of its values on them (outliers "
@@ -379,12 +396,38 @@ def _gpu_run_verdict(run: dict) -> str:
             f"{100 * run['agreement_with_cpu']:.2f}%, max |Δ| {run['max_abs_diff']:.2g}")
 
 
-def _per_class_table(report: dict) -> str:
+def _per_class_table(report: dict, key: str = "per_class_iou") -> str:
     head = ["class"] + [a["file"] for a in report["artifacts"]]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in report["labels"]:
-        rows.append("| " + " | ".join([label] + [_fmt(a["per_class_iou"].get(label)) for a in report["artifacts"]]) + " |")
+        rows.append("| " + " | ".join([label] + [_fmt((a.get(key) or {}).get(label)) for a in report["artifacts"]])
+                    + " |")
     return "\n".join(rows)
+
+
+def _source_lines(report: dict) -> list[str]:
+    """A foreign model's (`convert --from`) header: what was read, by which engine, its contract."""
+    s = report["source"]
+    c = s["contract"]
+    lines = [f"- source: `{s['file']}` ({s['kind']}); quantised by {s['engine']}",
+             f"- input (kept from the original): {c['description']}",
+             f"- output (kept): output {c['output_index']}, {c['output_channels']} channel(s), {c['output']} "
+             f"(from {c['output_from']}); MediaPipe activation {c['activation']}; labels from {c['labels_from']}"]
+    lines += [f"- fix before conversion: {fix}" for fix in s.get("fixes", [])]
+    return lines
+
+
+def _int8_search_section(search: dict) -> list[str]:
+    """`convert --from`'s search for an int8 file that pays (exporter.stages.foreign_search)."""
+    lines = ["## Where int8 pays", "", search.get("summary", ""), "",
+             "| candidate | what changes | A76 instructions | vs float32 | agreement | verdict |", "|---|---|---|---|---|---|"]
+    for row in search.get("candidates", []):
+        inst = row.get("a76_instructions")
+        ratio = row.get("ratio_to_float32")
+        lines.append(f"| {row['file']} | {row['what']} | {inst / 1e6:.2f} M |" if inst else f"| {row['file']} | {row['what']} | – |")
+        lines[-1] += (f" {ratio:.2f}× |" if ratio else " – |") + \
+            (f" {100 * row['agreement']:.2f}% |" if row.get("agreement") is not None else " – |") + f" {row.get('verdict', '')} |"
+    return lines + [""]
 
 
 def write_figure(report: dict, path: Path) -> None:

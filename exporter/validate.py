@@ -249,7 +249,7 @@ def _plain_folder(root: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
 
 
-def _plain_images(root: Path, size, samples: int) -> dict:
+def _plain_images(root: Path, size, samples: int, held_out: bool = True) -> dict:
     from PIL import Image
 
     from calibration.dataset import SegData, split_by_id
@@ -265,13 +265,38 @@ def _plain_images(root: Path, size, samples: int) -> dict:
     # The split a folder dataset of these images would hold out (calibration.dataset.split_by_id).
     stub = SegData(np.zeros((len(stems), 1, 1, 3), np.uint8), np.zeros((len(stems), 1, 1), np.uint8), ("image",),
                    stems, str(folder))
-    held = split_by_id(stub, 0.2).val.ids[:samples]
+    parts = split_by_id(stub, 0.2)
+    held = (parts.val if held_out else parts.train).ids[:samples]
     h, w = size
     images = np.stack([np.asarray(read_image(files[s]).convert("RGB").resize((w, h), Image.BILINEAR), np.uint8)
                        for s in held])
     return {"images": images, "masks": None, "labels": None, "ids": list(held),
             "source": f"plain images in {folder} (no masks: reference-vs-candidate metrics only)",
             "of": len(stems)}
+
+
+def load_splits_any(spec: str, size: tuple[int, int], num_classes: int, calibration: int, samples: int) -> dict:
+    """`convert --from`'s data: {"train": part, "val": part, "source"}, each part {"images", "masks" (None
+    for plain images), "ids"}; the held-out part is the one `validate` holds out of the same data."""
+    root = Path(spec[6:]) if spec.startswith("plain:") else Path(spec)
+    if spec.startswith("plain:") or (":" not in spec and _plain_folder(root)):
+        held = _plain_images(root, size, samples)
+        rest = _plain_images(root, size, calibration, held_out=False)
+        return {"train": rest, "val": held, "source": held["source"]}
+    from calibration.checks import check_labels
+    from calibration.sources import load_splits
+
+    if ":" not in spec and not root.exists():
+        raise DataError(f"{spec}: data folder not found")
+    splits = load_splits(spec, size, num_classes, train_samples=calibration, val_samples=samples)
+    if len(splits.labels) != num_classes:
+        raise DataError(f"data {spec}: {len(splits.labels)} classes ({', '.join(splits.labels)}), the model "
+                        f"{num_classes}: masks of another label set (give plain images for agreement only)")
+    parts = {}
+    for key, part in (("train", splits.train), ("val", splits.val)):
+        check_labels(part.masks, num_classes, f"data {spec} vs a {num_classes}-class model")
+        parts[key] = {"images": part.images, "masks": part.masks, "ids": list(part.ids)}
+    return {**parts, "source": splits.val.source}
 
 
 # --- the gate -----------------------------------------------------------------------------------
