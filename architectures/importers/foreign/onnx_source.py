@@ -249,7 +249,7 @@ def _onnx2tf(name: str, source: Path, out_dir: Path, contract: dict):
     try:
         import exporter.keras  # noqa: F401  (Keras 2 selected before TensorFlow loads)
 
-        with quiet, _no_download():
+        with _process_state_kept(), quiet, _no_download():
             import onnx2tf
 
             model = onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(out_dir),
@@ -264,6 +264,53 @@ def _onnx2tf(name: str, source: Path, out_dir: Path, contract: dict):
         raise ForeignModelError(f"{name}: onnx2tf cannot convert it: "
                                 f"{_first_error(captured.getvalue()) or 'no model came back'}")
     return model
+
+
+class _process_state_kept:
+    """Undo what importing and running onnx2tf does to the whole process: at import it ignores
+    every warning, seeds `random`, NumPy's and TensorFlow's global generators with 0, enables
+    TensorFlow's op determinism, sets TF_CPP_MIN_LOG_LEVEL=3 and TensorFlow's logger to FATAL;
+    `convert` sets CUDA_VISIBLE_DEVICES=-1."""
+
+    _ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_USE_LEGACY_KERAS", "CUDA_VISIBLE_DEVICES")
+
+    def __enter__(self):
+        import random
+        import warnings
+
+        from tensorflow.python.eager import context
+        from tensorflow.python.framework import config
+
+        self.filters = list(warnings.filters)
+        self.random, self.numpy = random.getstate(), np.random.get_state()
+        self.env = {key: os.environ.get(key) for key in self._ENV}
+        self.tf_logger = logging.getLogger("tensorflow").level
+        self.determinism = config.is_op_determinism_enabled()
+        self.seed = context.global_seed()
+        return self
+
+    def __exit__(self, *exc):
+        import random
+        import warnings
+
+        from tensorflow.python.eager import context
+        from tensorflow.python.framework import config
+
+        warnings.filters[:] = self.filters
+        if hasattr(warnings, "_filters_mutated"):  # the module's cache of the filters
+            warnings._filters_mutated()
+        random.setstate(self.random)
+        np.random.set_state(self.numpy)
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        logging.getLogger("tensorflow").setLevel(self.tf_logger)
+        if not self.determinism:
+            config.disable_op_determinism()
+        context.set_global_seed(self.seed)
+        return False
 
 
 class _no_download:
