@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 OUT ?= runs
 # Every package of every venv at the versions CI last passed with (`make lock` regenerates them).
 LOCK := locks/venv.txt
+# onnx2tf and what it imports, installed after LOCK with --no-deps (its metadata's pins conflict; see the file).
+NODEPS_LOCK := locks/venv-nodeps.txt
 MP_LOCK := locks/venv-mediapipe.txt
 
 MP_VENV := .venv-mediapipe
@@ -17,7 +19,7 @@ HF_TF_LOCK := locks/venv-hf-tf.txt
 HF_TF_VENV := .venv-hf-tf
 HF_TF_STAMP := $(HF_TF_VENV)/.installed
 
-.PHONY: setup mediapipe-env hf-tf-env arm-env gpu-env demo test test-fast bench lint lock clean
+.PHONY: setup mediapipe-env mediapipe-models hf-tf-env arm-env gpu-env demo test test-fast bench lint lock clean
 
 setup: $(STAMP) $(MP_STAMP)
 
@@ -25,10 +27,11 @@ mediapipe-env: $(MP_STAMP)
 
 # Installs the lock, then the project itself without touching a dependency (its build backend,
 # setuptools, is in the lock too). Reinstalls only when the lock or pyproject.toml changes.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(NODEPS_LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -r $(NODEPS_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -61,6 +64,11 @@ arm-env: setup
 gpu-env:
 	@bash exporter/gpu/setup_env.sh
 
+# MediaPipe's float selfie segmenter from the pinned mediapipe 0.10.21 wheel (tools/mediapipe_models.sh):
+# the real third-party model tests/test_convert_from.py converts; under .cache/mediapipe-models.
+mediapipe-models: setup
+	@bash tools/mediapipe_models.sh
+
 # arm-env is attempted as in `make test`, so the summary ends with the Cortex-A76 ratio; where it
 # cannot be built, the report says why in one line and the demo goes on without ARM figures.
 demo: setup
@@ -68,12 +76,13 @@ demo: setup
 	-@$(MAKE) --no-print-directory gpu-env
 	$(BIN)/exporter convert --model unet --int8 --input-size 128 --epochs 5 --out $(OUT)
 
-# arm-env and gpu-env are attempted, not required: where one cannot be built tests/test_arm.py or
-# tests/test_gpu.py skips, saying why.
+# arm-env, gpu-env, hf-tf-env and mediapipe-models are attempted, not required: where one cannot be
+# built, the tests that need it skip, saying why.
 test: setup
 	-@$(MAKE) --no-print-directory arm-env
 	-@$(MAKE) --no-print-directory gpu-env
 	-@$(MAKE) --no-print-directory hf-tf-env
+	-@$(MAKE) --no-print-directory mediapipe-models
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
 
 # The edit-test loop: everything but the tests marked slow (over ~10 s each on two cores), under 3 minutes.
