@@ -305,3 +305,20 @@ def test_bad_files_raise_one_line(original, fixed, photos):
 def test_unknown_custom_op_is_refused():
     blob, _, _ = _one_custom_op_model((4, 4), (2, 2), (2, 2), 1, custom_code=b"MyFancyUpsample")
     assert "custom op 'MyFancyUpsample' has no builtin equivalent" in _error(blob, "fancy.tflite")
+
+
+def test_xnnpack_rewrites_compute_the_same(fixed, photos):
+    """The exact float rewrites for XNNPACK (standalone RELUs fused, TRANSPOSE_CONV 2x2/2 as
+    CONV_2D 1x1 + DEPTH_TO_SPACE) leave the float outputs as they were."""
+    from exporter.convert.xnnpack_rewrites import fuse_activations, transpose_conv_to_depth_to_space
+
+    blob, _ = fixed
+    _, held = photos
+    fused, lines = fuse_activations(blob)
+    rewritten, more = transpose_conv_to_depth_to_space(fused)
+    assert len(lines) == len(more) == 1
+    ops = _ops(rewritten)
+    assert "RELU" not in ops and "TRANSPOSE_CONV" not in ops and ops.count("DEPTH_TO_SPACE") == 1
+    want, _ = _run(blob, held[:2])
+    got, _ = _run(rewritten, held[:2])
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -20,9 +20,10 @@ out) and an app that fed the float file feeds this one unchanged.
 
 `keep_float` and `int16` name TFLite op types ("LOGISTIC", "TRANSPOSE_CONV", ...; the quantizer's
 own names such as "CONV_2D_TRANSPOSE" work too) or output tensor names (exact names; a name
-given as `re:<regex>` is a regular expression over output tensor names). Those ops stay float
-(the quantizer inserts DEQUANTIZE/QUANTIZE around them) or get int16 activations with int8
-weights; the later rule wins where both match.
+given as `re:<regex>` is a regular expression over the quantizer's op scope, the output tensor
+names each followed by ";"). Those ops stay float (the quantizer inserts DEQUANTIZE/QUANTIZE
+around them) or get int16 activations with int8 weights. Where rules overlap, a tensor-name rule
+beats an op-type rule, and keep_float beats int16.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def _scope(item: str, qtyping) -> tuple[str, object]:
         return ".*", names[op_name]
     if item.startswith("re:"):
         return item[3:], qtyping.TFLOperationName.ALL_SUPPORTED
-    return f"^{re.escape(item)}$", qtyping.TFLOperationName.ALL_SUPPORTED
+    # the quantizer matches an op's scope: its output tensor names, each followed by ";"
+    return f"(^|;){re.escape(item)};", qtyping.TFLOperationName.ALL_SUPPORTED
 
 
 def _calibration_data(float_blob: bytes, calibration: np.ndarray) -> dict:
