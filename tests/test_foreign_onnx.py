@@ -134,6 +134,29 @@ def test_int8_onnx_of_a_foreign_model(segmenter, photos):
         quantise_foreign_onnx(segmenter, photos[8:].transpose(0, 2, 3, 1))
 
 
+@pytest.mark.slow
+def test_open_foreign_onnx(segmenter, tmp_path):
+    """The ForeignModel of an .onnx: NCHW contract, ONNX Runtime reference in NHWC scores, the float
+    TFLite equal to it, the int8 TFLite (AI Edge Quantizer) in the same float contract."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from architectures.importers.foreign import open_foreign
+
+    fm = open_foreign(segmenter, tmp_path / "work", input_norm="imagenet")
+    assert (fm.kind, fm.onnx_path, fm.contract.channels_first, fm.contract.channels) == ("onnx", segmenter, True, 3)
+    assert (fm.contract.height, fm.contract.width, fm.contract.output) == (64, 64, "logits")
+    pixels = photo_crops(16, seed=2)
+    reference = fm.reference().predict(pixels[:6])
+    assert reference.shape == (6, 64, 64, 3)
+    np.testing.assert_allclose(reference, ort_outputs(segmenter, fm.contract.inputs(pixels[:6])).transpose(0, 2, 3, 1),
+                               atol=1e-5)
+    facts = {"input_name": "pixels", "output_name": "logits"}
+    for blob, at_least in ((fm.float32, 0.999), (fm.quantise("int8", fm.contract.inputs(pixels[6:])), 0.95)):
+        assert Interpreter(model_content=blob).get_input_details()[0]["dtype"] == np.float32
+        scores = tflite_outputs(blob, fm.contract.inputs(pixels[:6]), facts).transpose(0, 2, 3, 1)
+        assert np.mean(scores.argmax(-1) == reference.argmax(-1)) >= at_least
+
+
 def refusal(path: Path, tmp_path: Path) -> str:
     from architectures.importers.foreign.onnx_source import onnx_to_float_tflite
 

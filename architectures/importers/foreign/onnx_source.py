@@ -75,6 +75,83 @@ def onnx_to_float_tflite(path: Path, workdir: Path) -> tuple[bytes, dict]:
     return blob, facts
 
 
+def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, labels, output):
+    """The `ForeignModel` of an .onnx file (`architectures.importers.foreign`): float32 TFLite by
+    onnx2tf (`onnx_to_float_tflite`), quantised TFLite by AI Edge Quantizer from it, ONNX Runtime
+    on the original file as the reference, int8 ONNX by `quantise_foreign_onnx`."""
+    from architectures.importers.foreign import (Contract, ForeignModel, check_head, class_names, normalisation,
+                                                 output_kind)
+    from architectures.importers.foreign.tflite_source import _engine as quantizer_engine
+    from exporter.progress import say
+
+    path = Path(path)
+    blob, facts = onnx_to_float_tflite(path, Path(work) / "onnx2tf")
+    if facts["input_layout"] != facts["output_layout"]:
+        raise ForeignModelError(f"{path.name}: input {facts['input_layout']} {facts['input_shape']} but output "
+                                f"{facts['output_layout']} {facts['output_shape']}: both NCHW or both NHWC are supported")
+    channels_first = facts["input_layout"] == "NCHW"
+    in_shape, out_shape = facts["input_shape"], facts["output_shape"]
+    if (in_shape[1] if channels_first else in_shape[3]) != 3:
+        raise ForeignModelError(f"{path.name}: input {in_shape} is not RGB; --from takes RGB image models")
+    ih, iw = (in_shape[2], in_shape[3]) if channels_first else (in_shape[1], in_shape[2])
+    nhwc = [out_shape[0], out_shape[2], out_shape[3], out_shape[1]] if channels_first else out_shape
+    h, w, c = check_head(nhwc, path.name)
+    model = _load(path)
+    mean, std, norm_from = normalisation(input_norm, None, path.name)
+    last = _last_op(model)
+    out, out_from = output_kind(output, None, last, c, path.name)
+    names, names_from = class_names(labels, None, c, path.name)
+    contract = Contract(height=ih, width=iw, channels_first=channels_first, mean=mean, std=std, norm_source=norm_from,
+                        head=0, channels=c, output=out, output_source=out_from, labels=names, labels_source=names_from)
+    fixes = [n for n in facts["notes"] if not n.startswith("checked against")]
+    say(f"{path.name}: ONNX, converted by {ENGINE}; input {contract.describe_input()}, output "
+        f"{out_shape} {facts['output_layout']} {out} ({out_from}); {facts['notes'][-1]}")
+
+    def quantise(precision: str, calibration: np.ndarray | None) -> bytes:
+        from exporter.convert.aeq import quantise_tflite
+
+        return quantise_tflite(blob, precision, calibration)
+
+    def reference():
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(_with_batch_one(model, facts_input).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+
+        def predict(pixels):
+            x = contract.inputs(pixels)
+            y = np.concatenate([session.run(None, {facts_input: x[i:i + 1]})[0] for i in range(len(x))])
+            return np.ascontiguousarray(y.transpose(0, 2, 3, 1) if channels_first else y, np.float32)
+        return predict
+
+    initialisers = {t.name for t in model.graph.initializer}
+    facts_input = next(i.name for i in model.graph.input if i.name not in initialisers)
+    return ForeignModel(path=path, kind=kind, name=name, engine=f"{ENGINE} + {quantizer_engine()}",
+                        reference_description=f"ONNX Runtime {_ort_version()} on the original file",
+                        float32=blob, contract=contract, fixes=fixes, metadata_source=None,
+                        _quantise=quantise, _reference=reference, onnx_path=path)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _last_op(model) -> str | None:
+    """The op type producing the graph's output, past Identity/Reshape/Transpose (e.g. "softmax")."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    tensor = model.graph.output[0].name
+    for _ in range(8):
+        node = producer.get(tensor)
+        if node is None:
+            return None
+        if node.op_type not in ("Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze"):
+            return node.op_type.lower()
+        tensor = node.input[0]
+    return None
+
+
 def quantise_foreign_onnx(onnx_path: Path, calibration: np.ndarray, per_tensor: bool = False,
                           range_percentile: float | None = None) -> bytes:
     """Static int8 QDQ ONNX of the foreign file at `onnx_path` (`quantise_onnx`'s recipe: int8
