@@ -80,11 +80,14 @@ def torch_onnx_classifier(path: Path, size: int = 64, classes: int = 10) -> Path
 def _export(model, example, path: Path, dynamic_axes=None) -> Path:
     """torch.onnx.export with TorchScript (dynamo=False: the dynamo exporter needs onnxscript),
     opset 17, named `pixels` -> `logits`."""
+    import warnings
+
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
         torch.onnx.export(model, (example,), str(path), opset_version=17, input_names=["pixels"],
                           output_names=["logits"], dynamic_axes=dynamic_axes, dynamo=False)
     return path
