@@ -57,32 +57,14 @@ def quantise_tflite(float_blob: bytes, precision: str, calibration: np.ndarray |
     if precision in STATIC and (calibration is None or len(calibration) == 0):
         raise ExporterError(f"{precision} quantisation needs calibration inputs")
 
-    from litert_quantizer import Quantizer, qtyping, recipe
-    from litert_quantizer.algorithm_manager import AlgorithmName
+    import contextlib
+    import io
 
+    # The quantizer draws tqdm bars on stderr (calibration, parameters, transformations) whatever
+    # enable_progress_report says: `convert` says what it is doing itself, and --quiet means quiet.
     try:
-        quantizer = Quantizer(bytearray(float_blob))
-        if precision == "float16":
-            quantizer.add_weight_only_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16,
-                                             algorithm_key=AlgorithmName.FLOAT_CASTING)
-        else:
-            quantizer.load_quantization_recipe({
-                "int8": recipe.static_wi8_ai8, "int16x8": recipe.static_wi8_ai16,
-                "dynamic": recipe.dynamic_wi8_afp32, "weight_only": recipe.weight_only_wi8_afp32,
-            }[precision]())
-        if precision in STATIC:  # float32 input and output, QUANTIZE / DEQUANTIZE at the edges
-            for edge in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
-                quantizer.update_quantization_recipe(".*", edge, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        for item in int16:
-            regex, op = _scope(item, qtyping)
-            quantizer.add_static_config(regex, op, activation_num_bits=16, weight_num_bits=8)
-        for item in keep_float:
-            regex, op = _scope(item, qtyping)
-            quantizer.update_quantization_recipe(regex, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
-        result = None
-        if quantizer.need_calibration:
-            result = quantizer.calibrate(_calibration_data(float_blob, calibration), num_threads=2)
-        model = quantizer.quantize(result, enable_progress_report=False).quantized_model
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = _quantise(float_blob, precision, calibration, keep_float, int16)
     except ExporterError:
         raise
     except Exception as exc:  # noqa: BLE001 - the quantizer's messages run long; keep the first line
@@ -90,6 +72,35 @@ def quantise_tflite(float_blob: bytes, precision: str, calibration: np.ndarray |
     if model is None:
         raise ExporterError(f"litert-quantizer returned no {precision} file")
     return bytes(model)
+
+
+def _quantise(float_blob: bytes, precision: str, calibration, keep_float: list, int16: list):
+    from litert_quantizer import Quantizer, qtyping, recipe
+    from litert_quantizer.algorithm_manager import AlgorithmName
+
+    quantizer = Quantizer(bytearray(float_blob))
+    if precision == "float16":
+        quantizer.add_weight_only_config(".*", qtyping.TFLOperationName.ALL_SUPPORTED, 16,
+                                         algorithm_key=AlgorithmName.FLOAT_CASTING)
+    else:
+        quantizer.load_quantization_recipe({
+            "int8": recipe.static_wi8_ai8, "int16x8": recipe.static_wi8_ai16,
+            "dynamic": recipe.dynamic_wi8_afp32, "weight_only": recipe.weight_only_wi8_afp32,
+        }[precision]())
+    if precision in STATIC:  # float32 input and output, QUANTIZE / DEQUANTIZE at the edges
+        for edge in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+            quantizer.update_quantization_recipe(".*", edge, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for item in int16:
+        regex, op = _scope(item, qtyping)
+        quantizer.add_static_config(regex, op, activation_num_bits=16, weight_num_bits=8)
+    for item in keep_float:
+        regex, op = _scope(item, qtyping)
+        quantizer.update_quantization_recipe(regex, op, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    result = None
+    if quantizer.need_calibration:
+        result = quantizer.calibrate(_calibration_data(float_blob, calibration), num_threads=2)
+    model = quantizer.quantize(result, enable_progress_report=False).quantized_model
+    return model
 
 
 def calibration_inputs(images_uint8: np.ndarray, mean, std, layout: str = "NHWC") -> np.ndarray:

@@ -1,18 +1,23 @@
 """Where plain int8 does not pay for a foreign model, the int8 files that might (`convert --from`).
 
 Plain int8 (AI Edge Quantizer's static_wi8_ai8) can make a model both slower on a phone's CPU and
-wrong: every op XNNPACK has no int8 kernel for runs in LiteRT's reference kernels, between a
-DEQUANTIZE and a QUANTIZE, and a few sensitive ops lose the mask's edges. Candidates, each written
-as MODEL_int8_<what>.tflite and measured like every file (held-out agreement with the original,
-ARM instructions after the ARM stage):
+wrong (issue 26: MediaPipe's selfie segmenter, 2.7x the float file's A76 instructions). Slower:
+every op XNNPACK has no int8 kernel for runs in LiteRT's reference kernels, between a DEQUANTIZE
+and a QUANTIZE; in MediaPipe's file 22 standalone RELUs alone cost 69 M of 108 M instructions.
+Wrong: the logits before the output activation span hundreds of units, so one int8 step flips
+pixels near the mask's edge. Candidates, each written as MODEL_int8_<what>.tflite and measured like
+every file (held-out agreement with the original, ARM instructions in the ARM stage):
 
-    xnnpack-float   the op types XNNPACK leaves to reference kernels in the int8 file kept float
-                    (XNNPACK then runs them in float, beside the int8 rest)
-    int16-act       those op types with int16 activations instead (when the quantizer offers it)
+    fused          exact float rewrites first (exporter.convert.xnnpack_rewrites: standalone RELUs
+                   fused into their producers; kernel=stride TRANSPOSE_CONV as a 1x1 CONV_2D and
+                   DEPTH_TO_SPACE), then int8 everywhere (written when a rewrite applied)
+    head-float     the same, with the head (the last convolution and the ops after it) kept float
+    xnnpack-float  the same, with the op types XNNPACK still leaves to reference kernels kept float
+                   too (written when any are left)
 
-The recommendation (exporter.recommend) then takes the file with the fewest A76 instructions among
-those meeting the gate; the float32 file always meets it, so when no candidate beats it on both,
-float32 is recommended and `summarise` says why in one line.
+The recommendation (exporter.recommend) takes the file with the fewest A76 instructions among those
+meeting the gate; the float32 file always meets it, so when no candidate beats it on both, float32
+is recommended and `summarise` says why in one line.
 """
 
 from __future__ import annotations
@@ -22,15 +27,48 @@ from pathlib import Path
 from exporter.formats import artifact_name
 from exporter.progress import say
 
+# The ops a head ends at, walking back from the output: its last weighted layer.
+_HEAD_START = {"CONV_2D", "TRANSPOSE_CONV", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
 
-def undelegated_ops(path: Path) -> dict[str, int]:
+
+def undelegated_ops(blob: bytes) -> dict[str, int]:
     """{op: count} of the ops XNNPACK leaves to LiteRT's own kernels in this file (host LiteRT; the
-    aarch64 build delegates the same op set)."""
-    from exporter.runtimes import LiteRTRunner, delegation
+    aarch64 build delegates the same op set), the QUANTIZE/DEQUANTIZE edges aside."""
+    from ai_edge_litert.interpreter import Interpreter
 
-    runner = LiteRTRunner(path, threads=1)
-    return {op: n for op, n in delegation(runner.interpreter)["undelegated"].items()
-            if op not in ("QUANTIZE", "DEQUANTIZE")}
+    from exporter.runtimes import delegation
+
+    interp = Interpreter(model_content=blob, num_threads=1)
+    interp.allocate_tensors()
+    return {op: n for op, n in delegation(interp)["undelegated"].items() if op not in ("QUANTIZE", "DEQUANTIZE")}
+
+
+def head_tensors(blob: bytes, output: int = 0) -> list[str]:
+    """The output tensor names of the head: from the graph output back to its last weighted op."""
+    from exporter.convert.flatbuffer import op_name, read_model
+
+    model = read_model(blob)
+    sg = model.subgraphs[0]
+    producer = {int(t): op for op in sg.operators for t in op.outputs}
+    tensor, names = int(sg.outputs[output]), []
+    for _ in range(8):
+        op = producer.get(tensor)
+        if op is None:
+            break
+        names.append(sg.tensors[int(op.outputs[0])].name.decode())
+        if op_name(model, op) in _HEAD_START:
+            break
+        tensor = int(op.inputs[0])
+    return names
+
+
+def rewritten(blob: bytes) -> tuple[bytes, list[str]]:
+    """The float file after the exact rewrites that let XNNPACK run its int8 version."""
+    from exporter.convert.xnnpack_rewrites import fuse_activations, transpose_conv_to_depth_to_space
+
+    blob, fused = fuse_activations(blob)
+    blob, d2s = transpose_conv_to_depth_to_space(blob)
+    return blob, fused + d2s
 
 
 def int8_candidates(fm, arts, calib, val, ref, staging: Path, *, writer, measure) -> tuple[list, dict]:
@@ -42,28 +80,41 @@ def int8_candidates(fm, arts, calib, val, ref, staging: Path, *, writer, measure
     plain = next((a for a in arts if a.format == "tflite" and a.precision == "int8"), None)
     if plain is None:
         return [], {}
-    left = undelegated_ops(staging / plain.file)
-    summary = {"plain": plain.file, "undelegated_in_plain_int8": left, "tried": []}
-    if not left:
-        say(f"int8 search: XNNPACK runs every op of {plain.file}; no candidate needed")
-        return [], summary
-    ops = sorted(left)
-    say(f"int8 search: in {plain.file} XNNPACK leaves {', '.join(f'{op} x{n}' for op, n in left.items())} to "
-        "reference kernels; trying them in float and in int16")
+    plain_left = undelegated_ops((staging / plain.file).read_bytes())
+    base, rewrites = rewritten(fm.float32)
+    head = head_tensors(base, fm.contract.head)
+    summary = {"plain": plain.file, "undelegated_in_plain_int8": plain_left, "rewrites": rewrites,
+               "head": head, "tried": []}
+    say(f"int8 search: in {plain.file} XNNPACK leaves "
+        + (", ".join(f"{op} x{n}" for op, n in plain_left.items()) or "nothing") + " to reference kernels; "
+        + (f"rewrites: {'; '.join(rewrites)}" if rewrites else "no rewrite applies"))
+    plans = []
+    if rewrites:
+        plans.append(("fused", "exact rewrites, then int8 everywhere", {}))
+    plans.append(("head-float", ("exact rewrites, " if rewrites else "") + f"head kept float ({', '.join(head)})",
+                  {"keep_float": head}))
     out = []
-    for role, what, kwargs in (("xnnpack-float", f"{', '.join(ops)} kept float", {"keep_float": ops}),
-                               ("int16-act", f"{', '.join(ops)} with int16 activations", {"int16": ops})):
-        try:
-            blob = quantise_tflite(fm.float32, "int8", calib.inputs, **kwargs)
-        except ExporterError as exc:
-            summary["tried"].append({"role": role, "what": what, "error": str(exc)})
-            say(f"int8 search: {role}: not written ({exc})")
-            continue
-        art = writer(blob, artifact_name(fm.name, "int8", role=role), "int8", "ptq",
-                     {"engine": fm.engine, "search": what}, role=SELECTIVE)
-        out.append(art)
-        summary["tried"].append({"role": role, "what": what, "file": art.file})
+    for role, what, kwargs in plans:
+        out += _candidate(fm, base, calib, role, what, kwargs, writer, summary, quantise_tflite, ExporterError, SELECTIVE)
+    left = undelegated_ops((staging / out[-1].file).read_bytes()) if out else {}
+    if left:
+        ops = sorted(left)
+        out += _candidate(fm, base, calib, "xnnpack-float", f"head and {', '.join(ops)} kept float",
+                          {"keep_float": head + ops}, writer, summary, quantise_tflite, ExporterError, SELECTIVE)
     return measure(out), summary
+
+
+def _candidate(fm, base, calib, role, what, kwargs, writer, summary, quantise, error, selective) -> list:
+    try:
+        blob = quantise(base, "int8", calib.inputs, **kwargs)
+    except error as exc:
+        summary["tried"].append({"role": role, "what": what, "error": str(exc)})
+        say(f"int8 search: {role}: not written ({exc})")
+        return []
+    art = writer(blob, artifact_name(fm.name, "int8", role=role), "int8", "ptq", {"engine": fm.engine, "search": what},
+                 role=selective)
+    summary["tried"].append({"role": role, "what": what, "file": art.file})
+    return [art]
 
 
 def summarise(report: dict) -> dict:
