@@ -297,6 +297,11 @@ OutputKindOpt = Annotated[Optional[str], typer.Option(
                      "metadata, else its last op).")]
 
 
+PeersOpt = Annotated[bool, typer.Option(
+    "--peers/--no-peers", help="With int8 and ARM: AI Edge Quantizer's plain int8 of the same float32 file, measured "
+                               "beside the recommended file (reported, never recommended).")]
+
+
 @app.command()
 def convert(
     model: ConvertModelOpt = None,
@@ -329,6 +334,7 @@ def convert(
     val_samples: ValSamplesOpt = _D.val_samples,
     require_gpu_compatible: RequireGpuCompatibleOpt = False,
     gpu_run: GpuRunOpt = True,
+    peers: PeersOpt = True,
     strict: StrictOpt = False,
     qat: QatOpt = _Q.qat,
     qat_epochs: QatEpochsOpt = _Q.qat_epochs,
@@ -353,7 +359,7 @@ def convert(
 
     arm_cores = () if no_arm else parse_cores(arm) if arm is not None else _B.arm if bench else ()
     precisions = parse_precisions(precision, {"int8": int8, "fp16": fp16, "dynamic": dynamic, "int16x8": int16x8})
-    bench_spec = BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run)
+    bench_spec = BenchSpec(enabled=bench, threads=_thread_counts(threads), arm=arm_cores, gpu=gpu_run, peers=peers)
     if (model is None) == (from_ is None):
         raise ExporterError("give --model NAME (an architecture of `exporter list-models`) or --from FILE (any "
                             "segmentation model), not " + ("both" if model else "neither"))

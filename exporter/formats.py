@@ -17,6 +17,7 @@ SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 # float layers is MODEL_int8_mixed.tflite, its recipe MODEL_int8_mixed.recipe.json.
 ALTERNATIVE = "alternative"  # measured beside the shipped file of the same precision; reported, not gated
 SELECTIVE = "selective"  # int8 with layers kept float (--keep-float)
+PEER = "peer"  # what another tool makes of the same float file (exporter.stages.peers); reported, never recommended
 
 
 @dataclasses.dataclass(frozen=True)

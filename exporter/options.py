@@ -119,6 +119,7 @@ class BenchSpec:
     threads: tuple[int, ...] = (1, 2)
     arm: tuple[str, ...] = DEFAULT_CORES  # ARM cores each TFLite file's cost is emulated on; (): none
     gpu: bool = True  # each TFLite file on LiteRT's GPU accelerator (exporter.gpu; needs `make gpu-env`)
+    peers: bool = True  # AI Edge Quantizer's plain int8 of the float32 file beside ours (exporter.stages.peers)
 
     def __post_init__(self):
         if not self.threads or any(t < 1 for t in self.threads):

@@ -1,6 +1,6 @@
 """The convert flow, one stage after another (exporter/stages/):
 
-prepare -> export (TFLite per format-table row, QAT, ONNX) -> layer errors / keep-float ->
+prepare -> export (TFLite per format-table row, QAT, ONNX, the peers' file) -> layer errors / keep-float ->
 held-out accuracy -> which int8 file ships -> host latency -> ARM cost -> GPU accelerator -> report.
 
 Options are checked once, when ConvertOptions is made (exporter.options). Files are written into
@@ -21,7 +21,7 @@ from exporter.stages.run import Run, publish, staging_folder
 
 def convert(opts: ConvertOptions) -> dict:
     from exporter.report import write_report
-    from exporter.stages import assemble, export, layer_errors, ptq_methods, qat, ship
+    from exporter.stages import assemble, export, layer_errors, peers, ptq_methods, qat, ship
 
     started = time.time()
     with staging_folder(opts.out, opts.model) as staging:
@@ -30,6 +30,7 @@ def convert(opts: ConvertOptions) -> dict:
         qat_arts, quantisation = qat.qat_files(run)
         method_arts, methods_section = ptq_methods.method_files(run)
         arts += qat_arts + method_arts + export.onnx_files(run)
+        arts += peers.peer_files(run, arts)
         if opts.gate.require_gpu_compatible:
             export.require_gpu_compatible(arts)
         ref = measure.reference(run)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from exporter.formats import ALTERNATIVE, SELECTIVE, baseline_name, variant
+from exporter.formats import ALTERNATIVE, PEER, SELECTIVE, baseline_name, variant
 
 ARM_CORE = "cortex-a76"  # the core the speed target is measured on
 
@@ -164,7 +164,7 @@ def checks(report: dict) -> list[dict]:
         _arm_agreement_check(out, report, art)
         # Full-integer files only: float ops and float weights are what --keep-float's file and
         # the dynamic-range file are made of.
-        if art.get("role") != SELECTIVE and variant("tflite", art["precision"]).integer_io:
+        if art.get("role") not in (SELECTIVE, PEER) and variant("tflite", art["precision"]).integer_io:
             _content_checks(out, report, art)
         _host_latency_info(out, report, art)
     if gated:
@@ -175,7 +175,7 @@ def checks(report: dict) -> list[dict]:
 def _accuracy_checks(out: _Checks, report: dict, art: dict) -> None:
     f, goal = art["file"], targets_for(policy_of(report))
     # A file measured beside the shipped one (QAT vs post-training) is reported, not gated.
-    kind = "reported" if art.get("role") == ALTERNATIVE else "accuracy"
+    kind = "reported" if art.get("role") in (ALTERNATIVE, PEER) else "accuracy"
     min_agreement, max_drop = accuracy_limits(policy_of(report), art.get("method", "ptq"))
     out.add(f"{f}: agreement >= {100 * min_agreement:.1f}%", kind, art["agreement"] >= min_agreement,
             f"{100 * art['agreement']:.3f}%", f, gate=True)
@@ -206,7 +206,7 @@ def _arm_agreement_check(out: _Checks, report: dict, art: dict) -> None:
 
 def _content_checks(out: _Checks, report: dict, art: dict) -> None:
     f, goal = art["file"], targets_for(policy_of(report))
-    kind = "reported" if art.get("role") == ALTERNATIVE else "accuracy"
+    kind = "reported" if art.get("role") in (ALTERNATIVE, PEER) else "accuracy"
     out.add(f"{f}: no float op inside", kind, not art["float_ops"], ", ".join(sorted(set(art["float_ops"]))) or "none", f)
     name = f"{f}: at most {goal.max_size_vs_float32}× the float32 file's bytes, per-channel parameters aside"
     float32 = next((a for a in report["artifacts"] if a["file"] == baseline_name(report["model"])), None)

@@ -137,6 +137,9 @@ def to_markdown(report: dict, figure: str | None) -> str:
         lines += ["## Checks", ""] + [f"- {c['name']}: **{verdict(c)}** ({c['detail']})"
                                       for c in report["checks"]] + [""]
     lines += arm_table(report)
+    from exporter.stages.peers import markdown as peers_markdown
+
+    lines += peers_markdown(report)
     if report["data"].get("masks", True):
         lines += ["## Per-class IoU", "", _per_class_table(report), ""]
     else:

@@ -71,7 +71,26 @@ def quantise_tflite(float_blob: bytes, precision: str, calibration: np.ndarray |
         raise ExporterError(f"litert-quantizer could not make the {precision} file: {first_line(exc)}") from None
     if model is None:
         raise ExporterError(f"litert-quantizer returned no {precision} file")
-    return bytes(model)
+    return inline_buffers(bytes(model))
+
+
+def inline_buffers(blob: bytes) -> bytes:
+    """The file with every buffer inside the flatbuffer. The quantizer writes constant data after
+    the flatbuffer, addressed by offset, for larger models; every rewrite that reads and writes the
+    object tree (metadata, exporter.convert.flatbuffer) keeps only what is inside, so those offsets
+    would point past the end (LiteRT: "Constant buffer N specified an out of range offset")."""
+    import numpy as np
+
+    from exporter.convert.flatbuffer import read_model, write_model
+
+    model = read_model(blob)
+    moved = False
+    for buf in model.buffers or []:
+        if buf.offset > 1:
+            buf.data = np.frombuffer(blob[buf.offset:buf.offset + buf.size], np.uint8)
+            buf.offset = buf.size = 0
+            moved = True
+    return write_model(model) if moved else blob
 
 
 def _quantise(float_blob: bytes, precision: str, calibration, keep_float: list, int16: list):

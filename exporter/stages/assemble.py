@@ -66,6 +66,10 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
     if sections.get("shipped_int8"):
         out["shipped_int8"] = sections["shipped_int8"]
     out.update(judged(out))
+    from exporter.stages.peers import section
+
+    if (peer_section := section(out)) is not None:
+        out["peers"] = peer_section
     return out
 
 

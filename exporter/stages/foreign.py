@@ -171,8 +171,12 @@ def write_files(fm, opts: ForeignOptions, calib: Samples, staging: Path) -> list
         row = variant("tflite", precision)
         say(f"{fm.engine}: TFLite {precision}" + (f" ({len(calib)} calibration samples)" if row.calibrated else ""))
         blob = fm.quantise(precision, calib.inputs if row.calibrated else None)
-        out.append(write(blob, artifact_name(fm.name, precision), precision, row.method,
-                         {"engine": "none (the float file)" if precision == "float32" else fm.engine}))
+        facts = {"engine": "none (the float file)" if precision == "float32" else fm.engine}
+        if precision == "int8" and fm.kind in ("tflite", "onnx"):  # the plain recipe on the same float file
+            from exporter.stages.peers import AEQ_WHAT
+
+            facts["peer"] = AEQ_WHAT
+        out.append(write(blob, artifact_name(fm.name, precision), precision, row.method, facts))
     if opts.onnx and fm.onnx_path is not None:
         out += _onnx_files(fm, opts, calib, staging)
     elif opts.onnx:
@@ -350,4 +354,8 @@ def assemble(fm, opts: ForeignOptions, arts: list[Artifact], ref: dict, calib: S
         from exporter.stages.foreign_search import summarise
 
         out["int8_search"] = summarise(out)
+    from exporter.stages.peers import section
+
+    if (peer_section := section(out)) is not None:
+        out["peers"] = peer_section
     return out
