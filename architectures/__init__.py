@@ -55,6 +55,10 @@ class ModelConfig:
     input_size: tuple[int, int]
     batch_size: int | None = None  # None: any batch (training); 1: static export graph
     options: dict = dataclasses.field(default_factory=dict)
+    # The exported file's output contract (exporter.output_contract; convert --output-activation,
+    # --output-size): "model"/"input" is the graph as built. Only the export graph reads them.
+    output_activation: str = "model"
+    output_size: str = "input"
 
     @property
     def num_classes(self) -> int:

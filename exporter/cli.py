@@ -301,6 +301,15 @@ PeersOpt = Annotated[bool, typer.Option(
     "--peers/--no-peers", help="With int8 and ARM: AI Edge Quantizer's plain int8 of the same float32 file, measured "
                                "beside the recommended file (reported, never recommended).")]
 
+OutputActivationOpt = Annotated[str, typer.Option(
+    "--output-activation", help="model: the file ends in the architecture's own output activation (today's files); "
+                                "none: it outputs logits and its metadata declares SOFTMAX (SIGMOID for one "
+                                "channel), which MediaPipe's ImageSegmenter applies.")]
+OutputSizeOpt = Annotated[str, typer.Option(
+    "--output-size", help="input: scores at the input resolution; native: the decoder's own resolution (the final "
+                          "bilinear resize cut off; MediaPipe's ImageSegmenter upsamples to the image size). Only "
+                          "for architectures that end in such a resize (deeplab, segformer).")]
+
 
 @app.command()
 def convert(
@@ -348,6 +357,8 @@ def convert(
     seed: SeedOpt = _S.seed,
     input_norm: InputNormOpt = None,
     labels: LabelsOpt = None,
+    output_activation: OutputActivationOpt = "model",
+    output_size: OutputSizeOpt = "input",
 ) -> None:
     """Convert a model to TFLite (and ONNX), validate parity on held-out data, benchmark, report.
 
@@ -366,7 +377,8 @@ def convert(
     if from_ is not None:
         mine = {"--weights": weights is not None, "--qat": qat, "--keep-float": keep_float is not None,
                 "--ptq-method": ptq_method is not None, "--input-size": input_size is not None,
-                "--classes": classes is not None}
+                "--classes": classes is not None, "--output-activation": output_activation != "model",
+                "--output-size": output_size != "input"}
         if any(mine.values()):
             raise ExporterError(f"{next(k for k, v in mine.items() if v)} is for --model; --from converts the file as it is")
         from exporter.stages.foreign import ForeignOptions, convert_from
@@ -394,6 +406,7 @@ def convert(
         bench=bench_spec,
         gate=GateSpec(require_gpu_compatible=require_gpu_compatible),
         input_norm=input_norm, labels=parse_labels(labels),
+        output_activation=output_activation, output_size=output_size,
     ))
     _print_summary(report, out, strict)
 

@@ -68,11 +68,20 @@ def segmenter_metadata_for(config) -> dict:
 
     from architectures.input_norm import of_config
 
+    from exporter.output_contract import client_activation, of
+
     spec = get_spec(config.name)
     # The model's own normalisation runs inside the graph; the description says which it is.
     description = f"{spec.description}. Input normalisation inside the graph: {of_config(config).describe()}"
+    activation, size = of(config)
+    if activation == "none":
+        description += f". Outputs logits: the client applies {client_activation(config)}"
+    if size == "native":
+        description += (". Outputs scores at the decoder's resolution, below the input's: the client upsamples "
+                        "them (bilinear) to the image size")
+    # The activation follows from the export graph's contract (exporter.output_contract).
     return dict(name=config.name, description=description, labels=list(config.labels),
-                mean=0.0, std=1.0, output_activation=activation_for(spec.output), version=exporter.__version__)
+                mean=0.0, std=1.0, output_activation=client_activation(config), version=exporter.__version__)
 
 
 def add_segmenter_metadata(model_content: bytes, *, name: str, description: str, labels: Sequence[str],

@@ -148,8 +148,17 @@ class ConvertOptions:
     # What the weights were trained with, when not the architecture's own (--input-norm, --labels).
     input_norm: str | None = None
     labels: tuple[str, ...] | None = None
+    # The files' output contract (exporter.output_contract): "model"/"input" is the graph as built.
+    output_activation: str = "model"
+    output_size: str = "input"
 
     def __post_init__(self):
+        from exporter import output_contract
+
+        output_contract.check(self.output_activation, self.output_size)
+        if self.quant.qat and (self.output_activation, self.output_size) != ("model", "input"):
+            raise ExporterError("--qat exports the QAT training graph, which keeps the model's output contract; "
+                                "drop --qat, or --output-activation/--output-size")
         if self.input_norm is not None:
             from architectures.input_norm import parse
 

@@ -20,6 +20,8 @@ def export_model(model, config):
 
     An architecture may export an equivalent, faster graph (`ArchSpec.export_options` and
     `export_weights`, e.g. SegFormer's folded decoder); the function computed stays the same.
+    The config's output contract (exporter.output_contract: logits out, the decoder's resolution)
+    is applied here and nowhere else.
     """
     import dataclasses
 
@@ -32,7 +34,9 @@ def export_model(model, config):
         spec.export_weights(model, fixed)
     else:
         fixed.set_weights(model.get_weights())
-    return fixed
+    from exporter.output_contract import strip
+
+    return strip(fixed, config)
 
 
 def concrete_function(model, config):

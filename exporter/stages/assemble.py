@@ -18,6 +18,7 @@ from exporter.stages.run import Run
 def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, started: float) -> dict:
     """`sections`: the stages' own parts (quantisation, shipped_int8, benchmark, arm_run/arm_status)."""
     from architectures.input_norm import of_config
+    from exporter import output_contract
     from exporter.gpu.runner import gpu_runtime_check
     from exporter.recommend import judged
 
@@ -37,7 +38,8 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
         "input_dtype": {a["file"]: a.get("io", "float32") for a in arts},
         "normalisation": of_config(config).describe(),
         "input_norm": of_config(config).to_json(),
-        "output": run.spec.output,
+        "output": output_contract.file_output(config),  # what the files' score tensor holds
+        "output_contract": output_contract.describe(config, run.fixed.output.shape),
         "labels": list(config.labels),
         "config": config.to_json(),
         "reference": {

@@ -15,21 +15,32 @@ from exporter.stages.run import Run
 
 
 def reference(run: Run) -> dict:
-    """The float Keras model on the held-out samples: what every file is compared with."""
+    """The float Keras model on the held-out samples: what every file is compared with. Under another
+    output contract (exporter.output_contract) still the float export graph as the model computes
+    it: scores at the input size, after the model's own activation."""
+    from exporter import output_contract
     from exporter.parity import evaluate
     from exporter.runtimes import KerasRunner
 
-    return evaluate(KerasRunner(run.fixed), run.val.images, run.val.masks, run.config.num_classes)
+    graph = run.fixed
+    if not output_contract.is_default(run.config):
+        from exporter.convert.signature import export_model
+
+        graph = export_model(run.model, output_contract.default_of(run.config))
+    return evaluate(KerasRunner(graph), run.val.images, run.val.masks, run.config.num_classes)
 
 
 def accuracy(run: Run, artifacts: list[Artifact], ref: dict) -> list[Artifact]:
+    from exporter.output_contract import client_runner
     from exporter.parity import evaluate
     from exporter.runtimes import open_runner
 
     say(f"validating on {len(run.val)} held-out samples")
     out = []
     for art in artifacts:
-        result = evaluate(open_runner(run.staging / art.file), run.val.images, run.val.masks, run.config.num_classes,
+        # Under another output contract, what the client makes of the file's output (upsampled as
+        # MediaPipe's category mask is, the model's activation applied) is what is compared.
+        result = evaluate(client_runner(open_runner(run.staging / art.file), run.config), run.val.images, run.val.masks, run.config.num_classes,
                           reference_preds=ref["preds"],
                           reference_scores=ref["scores"] if art.precision == "float32" else None)
         extra = {"max_abs_diff": result["max_abs_diff"]} if "max_abs_diff" in result else {}

@@ -43,11 +43,18 @@ def prepare_model(opts: ConvertOptions, splits_loader=load_splits):
     if "labels" not in overrides and len(splits.labels) == config.num_classes:
         # Weights without class names (a Keras .h5) take the data's, as does a model trained here.
         config = dataclasses.replace(config, labels=splits.labels)
+    # The files' output contract (exporter.output_contract): only the export graph reads it.
+    config = dataclasses.replace(config, output_activation=getattr(opts, "output_activation", "model"),
+                                 output_size=getattr(opts, "output_size", "input"))
     for part in (splits.train, splits.val):
         check_labels(part.masks, config.num_classes, f"data {opts.data.source} vs model {opts.model}")
 
     seed_everything(opts.schedule.seed)  # before the model is built: seeded initial weights
     model = build(config)
+    if (config.output_activation, config.output_size) != ("model", "input"):
+        from exporter.output_contract import strip
+
+        strip(model, config)  # an architecture without a final resize refuses --output-size native here, in one line
     if run is not None:
         say(f"using the model trained in {run.folder}: {run.describe()}"
             + ("" if opts.weights is not None else
