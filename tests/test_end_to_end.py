@@ -47,7 +47,7 @@ def test_artifacts_follow_the_contract(unet_run):
 def test_trained_model_is_meaningful_and_int8_keeps_parity(unet_run):
     _, _, report = unet_run
     assert report["reference"]["miou"] > 0.6, report["training"]["history"]
-    by_precision = {(a["format"], a["precision"]): a for a in report["artifacts"]}
+    by_precision = {(a["format"], a["precision"]): a for a in report["artifacts"] if a.get("role") != "peer"}
     for key in [("tflite", "float32"), ("onnx", "float32")]:
         assert by_precision[key]["agreement"] >= 0.999
         assert by_precision[key]["max_abs_diff"] < 1e-2
@@ -65,7 +65,11 @@ def test_arm_cost_and_recommended_files(unet_run):
     md = (out / "unet" / "report.md").read_text()
     tflite = [a for a in report["artifacts"] if a["format"] == "tflite"]
     rec = report["recommended"]
-    assert rec["cpu"] in {a["file"] for a in tflite} and rec["gpu"] == "unet_float32.tflite"
+    assert rec["cpu"] in {a["file"] for a in tflite if a.get("role") != "peer"} and rec["gpu"] == "unet_float32.tflite"
+    # The peer (AI Edge Quantizer's plain int8 of the same float32 file) measured beside the recommendation.
+    (peer,) = report["peers"]["peers"]
+    assert peer["file"] == "unet_int8_peer-aeq.tflite" and peer["a76_instructions"] > 0 and peer["agreement"] > 0.9
+    assert report["peers"]["recommended"]["file"] == rec["cpu"] and "## Peers" in md
     assert "**Recommended:** CPU `" in "\n".join(md.splitlines()[:4])
     (speed,) = [c for c in report["checks"] if c["kind"] == "speed"]
     reason = arm_env.check()
