@@ -109,6 +109,12 @@ def to_markdown(report: dict, figure: str | None) -> str:
     lines = [f"# {report['model']}: export report", ""]
     first = recommended_lines(report)
     lines += first + [""] if first else []
+    contract = report.get("output_contract") or {}
+    if contract and (contract.get("size") != "input" or contract.get("activation") != "model"):
+        h, w = contract["output_shape"][:2]
+        lines += [f"Output contract: {contract['output']} at {h}×{w} (`--output-activation {contract['activation']} "
+                  f"--output-size {contract['size']}`); the client {contract['client']}. Agreement is measured "
+                  f"{contract['agreement_measured']}.", ""]
     lines += [f"Command: `{report['command']}`", ""] if report.get("command") else []
     if report.get("refreshed"):
         lines += [f"Checks and recommendation recomputed from these measurements on {report['refreshed']['date']} "
