@@ -26,20 +26,12 @@ SELFIE = MEDIAPIPE_MODELS / "selfie_segmentation.tflite"
 def photos(tmp_path_factory) -> Path:
     """14 crops (every other one mirrored) of matplotlib's photograph, as a folder of plain images."""
     import matplotlib
-    from PIL import Image
 
-    source = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    if not source.is_file():
+    from tools.sample_photos import write_crops
+
+    if not (Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").is_file():
         pytest.skip("matplotlib's sample photograph grace_hopper.jpg is not installed")
-    image = Image.open(source).convert("RGB")
-    folder = tmp_path_factory.mktemp("photos")
-    w, h = image.size
-    for i in range(14):
-        side = 280 + (i * 17) % 120
-        x, y = (i * 37) % (w - side), (i * 53) % (h - side)
-        crop = image.crop((x, y, x + side, y + side))
-        (crop.transpose(Image.FLIP_LEFT_RIGHT) if i % 2 else crop).save(folder / f"photo{i:02d}.jpg", quality=95)
-    return folder
+    return write_crops(tmp_path_factory.mktemp("photos"))
 
 
 def _report(out: Path, name: str) -> dict:
