@@ -113,6 +113,28 @@ def test_keras_model_end_to_end(run_cli, tmp_path, photos):
     assert result.stderr == ""
 
 
+def test_savedmodel_source(tmp_path, photos):
+    """A SavedModel folder (Keras 3's model.export): its float32 TFLite equals the model in TensorFlow."""
+    import keras
+    from PIL import Image
+
+    from architectures.importers.foreign import open_foreign
+
+    folder = tmp_path / "exported"
+    keras.saving.load_model(keras_deeplab(tmp_path / "m.keras")).export(str(folder), verbose=False)
+    fm = open_foreign(folder, tmp_path / "work", input_norm="0,255", labels=("a", "b", "c"))
+    assert fm.kind == "savedmodel" and fm.contract.output == "probabilities" and not fm.contract.channels_first
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((64, 64))) for p in sorted(photos.iterdir())[:3]])
+    path = tmp_path / "f.tflite"
+    path.write_bytes(fm.float32)
+    from exporter.stages.foreign import FileRunner
+
+    runner, reference = FileRunner(path, fm.contract), fm.reference()
+    for image in pixels:  # batch 1, as every runner is fed
+        ours, theirs = runner.predict(image[None]), reference.predict(image[None])
+        assert ours.shape == theirs.shape == (1, 64, 64, 3) and np.abs(ours - theirs).max() < 1e-4
+
+
 @pytest.mark.slow
 def test_mediapipe_selfie_segmenter(run_cli, tmp_path, photos):
     """MediaPipe's own float selfie segmenter: fixed (float16 constants, its custom transposed conv,

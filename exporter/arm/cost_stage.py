@@ -5,7 +5,7 @@
 For each TFLite artifact and core it measures `per_file[file][core]`: the steady-state guest
 instructions per inference (exporter.arm.runner), its dot-product (SDOT/UDOT) and FMA (FMLA)
 instructions, the ratio of the float32 file's instructions to this file's on the same core, and
-`agreement_with_host`: the fraction of pixels whose argmax on the ARM kernels equals the host
+`agreement_with_host`: the fraction of pixels whose class (argmax; a one-channel head's 0.5 threshold) on the ARM kernels equals the host
 LiteRT's on the same file and held-out samples (int8 kernels round differently per CPU). `summary` is
 the report's top-level entry: {"arm_run": how it was measured} or, when nothing was
 measured, {"arm_status": the one-line reason}. Nothing here fails the convert: a file the
@@ -141,6 +141,7 @@ def _host_reference(path: Path, pixels: np.ndarray):
 
 def _measure(path: Path, core: str, raw: list, host: list, detail: dict) -> dict:
     from exporter.arm.runner import arm_cost
+    from exporter.parity import class_map
     from exporter.runtimes import output_scores
 
     cost = arm_cost(path, raw, core, invokes=1, warmup=1)
@@ -150,7 +151,7 @@ def _measure(path: Path, core: str, raw: list, host: list, detail: dict) -> dict
         if on_arm.shape != on_host.shape:
             raise ExporterError(f"ARM output shape {list(on_arm.shape)} differs from the host's {list(on_host.shape)}")
         a, h = output_scores(on_arm, detail), output_scores(on_host, detail)
-        agree += int((a.argmax(-1) == h.argmax(-1)).sum())
+        agree += int((class_map(a) == class_map(h)).sum())  # a one-channel head: its 0.5 threshold
         total += a[..., 0].size
         max_diff = max(max_diff, float(np.abs(a - h).max()))
     return {

@@ -96,6 +96,12 @@ def _run(model, inputs):
     return np.concatenate(outs)
 
 
+def _classes(scores):
+    """The class per pixel: argmax, or for a one-channel (sigmoid) head the 0.5 threshold
+    (exporter.parity.class_map's rule; an argmax over one channel would always agree)."""
+    return scores[..., 0] > 0.5 if scores.shape[-1] == 1 else scores.argmax(-1)
+
+
 def measure(path: str, samples: str, log_path: str) -> dict:
     import numpy as np
     from ai_edge_litert.hardware_accelerator import HardwareAccelerator
@@ -123,7 +129,7 @@ def measure(path: str, samples: str, log_path: str) -> dict:
     on_cpu = _run(_compile(path, HardwareAccelerator.CPU), inputs)
     g = (on_gpu.astype(np.float64) - zero) * scale
     c = (on_cpu.astype(np.float64) - zero) * scale
-    agree = float((g.argmax(-1) == c.argmax(-1)).mean())
+    agree = float((_classes(g) == _classes(c)).mean())
     return {"device": device(_log(log_path)), "fully_accelerated": fully, "precision": precision,
             "agreement_with_cpu": round(agree, 6), "max_abs_diff": float(f"{np.abs(g - c).max():.6g}"),
             "fallback_ops": sorted({op.split(":")[0] for op in fallback_ops(_log(log_path))}), "samples": int(len(inputs)),

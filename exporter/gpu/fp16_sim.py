@@ -49,6 +49,8 @@ def simulate(model, pixels: np.ndarray, reference_scores: np.ndarray | None = No
     if not np.isfinite(half).all():
         return {"agreement_with_float32": None, "max_abs_diff": None, "samples": int(len(half)),
                 "overflow": True, "note": NOTE + "; float16 overflowed (inf/nan) in this model"}
-    return {"agreement_with_float32": round(float((half.argmax(-1) == ref.argmax(-1)).mean()), 6),
+    from exporter.parity import class_map
+
+    return {"agreement_with_float32": round(float((class_map(half) == class_map(ref)).mean()), 6),
             "max_abs_diff": float(f"{np.abs(half - ref).max():.6g}"), "samples": int(len(half)), "overflow": False,
             "note": NOTE}

@@ -136,15 +136,19 @@ def summarise(report: dict) -> dict:
         ratio = round(n / base_n, 4) if n and base_n else None  # this file's instructions over float32's
         accurate = a.get("agreement") is not None and a["agreement"] >= goal.min_agreement
         cheaper = ratio is not None and ratio <= 1 / goal.min_arm_ratio
-        verdict = ("pays" if accurate and cheaper else
-                   "too inaccurate" + (" and too slow" if ratio is not None and not cheaper else "") if not accurate else
-                   "not cheaper enough" if ratio is not None else "accurate; ARM not measured")
+        if accurate:
+            verdict = "pays" if cheaper else "accurate, not cheap enough" if ratio is not None else "accurate"
+        else:
+            verdict = "too inaccurate" + (" and not cheap enough" if ratio is not None and not cheaper else "")
         rows.append({"file": a["file"], "what": whats.get(a["file"], a["precision"] + " (plain)"),
                      "a76_instructions": n, "ratio_to_float32": ratio, "agreement": a.get("agreement"),
                      "verdict": verdict})
     rec = (report.get("recommended") or {}).get("cpu")
     paying = [r["file"] for r in rows if r["verdict"] == "pays"]
-    if rec and base and rec == base["file"]:
+    if base_n is None:
+        line = (f"ARM not measured, so whether int8 pays is not known ({ARM_CORE} instructions decide it): "
+                + "; ".join(f"{r['file']}: {r['verdict']}" for r in rows))
+    elif rec and base and rec == base["file"]:
         line = (f"No quantised file reaches {100 * goal.min_agreement:.0f} % agreement at <= "
                 f"{1 / goal.min_arm_ratio:.2f}x the float32 file's {ARM_CORE} instructions; the float32 file is "
                 "recommended: " + "; ".join(f"{r['file']}: {r['verdict']}" for r in rows))
@@ -153,6 +157,10 @@ def summarise(report: dict) -> dict:
         line = (f"{rec} pays: {100 * row['agreement']:.2f} % agreement at {row['ratio_to_float32']:.2f}x the "
                 f"float32 file's {ARM_CORE} instructions")
     else:
-        line = f"recommended CPU file: {rec} (see its basis)"
+        row = next((r for r in rows if r["file"] == rec), None)
+        line = (f"no file reaches {100 * goal.min_agreement:.0f} % agreement at <= {1 / goal.min_arm_ratio:.2f}x the "
+                f"float32 file's {ARM_CORE} instructions; the closest, {rec}, is recommended"
+                + (f": {100 * row['agreement']:.2f} % at {row['ratio_to_float32']:.2f}x" if row and
+                   row.get("ratio_to_float32") else ""))
     search.update(candidates=rows, summary=line)
     return search

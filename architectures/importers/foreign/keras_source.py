@@ -33,13 +33,6 @@ def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, lab
     if channels_first and len(out_shape) == 4:
         out_shape = [out_shape[0], out_shape[2], out_shape[3], out_shape[1]]
     h, w, c = check_head(out_shape, path.name)
-    mean, std, norm_from = normalisation(input_norm, None, path.name)
-    out, out_from = output_kind(output, None, last_op, c, path.name)
-    names, names_from = class_names(labels, None, c, path.name)
-    ih, iw = (in_shape[2], in_shape[3]) if channels_first else (in_shape[1], in_shape[2])
-    contract = Contract(height=ih, width=iw, channels_first=channels_first, mean=mean, std=std, norm_source=norm_from,
-                        head=0, channels=c, output=out, output_source=out_from, labels=names, labels_source=names_from)
-    say(f"{path.name}: {what}; input {contract.describe_input()}, output [1, {h}, {w}, {c}] {out} ({out_from})")
 
     def convert(precision: str, calibration: np.ndarray | None) -> bytes:
         from exporter.formats import variant
@@ -57,6 +50,17 @@ def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, lab
 
     # A signature (what AI Edge Quantizer needs for the int8 search's candidates); nothing else changes.
     float32, _ = fix_float_tflite(convert("float32", None), path.name)
+    if last_op is None:  # a SavedModel's signature calls a function: its last op is read from the TFLite file
+        from architectures.importers.foreign.tflite_source import last_op_of
+
+        last_op = last_op_of(float32, 0)
+    mean, std, norm_from = normalisation(input_norm, None, path.name)
+    out, out_from = output_kind(output, None, last_op, c, path.name)
+    names, names_from = class_names(labels, None, c, path.name)
+    ih, iw = (in_shape[2], in_shape[3]) if channels_first else (in_shape[1], in_shape[2])
+    contract = Contract(height=ih, width=iw, channels_first=channels_first, mean=mean, std=std, norm_source=norm_from,
+                        head=0, channels=c, output=out, output_source=out_from, labels=names, labels_source=names_from)
+    say(f"{path.name}: {what}; input {contract.describe_input()}, output [1, {h}, {w}, {c}] {out} ({out_from})")
 
     def reference():
         def predict(pixels):

@@ -42,7 +42,7 @@ def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, lab
     norm = meta.get("normalisation") or {}
     mean, std, norm_from = normalisation(input_norm, (norm["mean"], norm["std"]) if norm.get("mean") else None,
                                          path.name)
-    last = "sigmoid" if head.index in mf.sigmoid_outputs else (_last_op(mf, head.index))
+    last = "sigmoid" if head.index in mf.sigmoid_outputs else last_op_of(fixed, head.index)
     from_meta = {"SIGMOID": "logits", "SOFTMAX": "logits"}.get(meta.get("activation") or "")
     out, out_from = output_kind(output, from_meta, last, head.channels, path.name)
     names, names_from = class_names(labels, meta.get("labels"), head.channels, path.name)
@@ -86,12 +86,12 @@ def _engine() -> str:
         return "AI Edge Quantizer (litert-quantizer, not installed)"
 
 
-def _last_op(mf, index: int) -> str | None:
-    """The op producing output `index`, past reshapes and (de)quantisation (modelfile's rule)."""
+def last_op_of(blob: bytes, index: int) -> str | None:
+    """The op producing output `index` of a TFLite file, past reshapes and (de)quantisation, lower case."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interp = Interpreter(model_content=mf.path.read_bytes())
+        interp = Interpreter(model_content=blob)
         ops = interp._get_ops_details()  # noqa: SLF001 - the interpreter's only op listing
         target = interp.get_output_details()[index]["index"]
     except Exception:  # noqa: BLE001 - only a hint for --output
