@@ -83,7 +83,7 @@ test: setup
 	-@$(MAKE) --no-print-directory gpu-env
 	-@$(MAKE) --no-print-directory hf-tf-env
 	-@$(MAKE) --no-print-directory mediapipe-models
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900 --durations 15
 
 # The edit-test loop: everything but the tests marked slow (over ~10 s each on two cores), under 3 minutes.
 test-fast: setup

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from enum import Enum
@@ -84,6 +85,8 @@ def _root(debug: DebugOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt 
                                                 help="Print the version and exit.")] = False) -> None:
     global _debug
     _debug = _debug or debug
+    if verbose or debug:  # onnx2tf's own output (convert --from model.onnx), which it prints by itself
+        os.environ["SEGEXPORT_ONNX2TF_VERBOSE"] = "1"
     if quiet:
         from exporter.progress import set_quiet
 
