@@ -150,6 +150,7 @@ def test_mediapipe_selfie_segmenter(run_cli, tmp_path, photos):
     source = report["source"]
     assert source["kind"] == "tflite" and "AI Edge Quantizer" in source["engine"]
     assert len(source["fixes"]) == 3, source["fixes"]  # float16 constants, the custom op, the signature
+    assert report["reference"]["description"] == "LiteRT on the original file"
     contract = source["contract"]
     assert contract["normalisation_from"] == "metadata" and contract["std"] == [255.0]
     assert report["labels"] == ["background", "selfie"]

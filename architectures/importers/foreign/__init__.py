@@ -8,11 +8,11 @@
 One source module per kind (the engine that quantises it, the reference parity is measured against):
 
     keras       .keras / full-model .h5, SavedModel folder   TFLiteConverter        Keras / TF itself
-    tflite      a float .tflite                               AI Edge Quantizer      LiteRT on the file (*)
+    tflite      a float .tflite                               AI Edge Quantizer (*)  LiteRT on the file
     onnx        an .onnx                                      onnx2tf + AI Edge Q.   ONNX Runtime on the file
 
 (*) after the lossless fixes the quantizer needs (float16 constants folded, MediaPipe custom ops as
-their builtins, a signature; `tflite_float`): the plain interpreter cannot run MediaPipe's custom op.
+their builtins, a signature; `tflite_float`).
 
 Files made from a foreign model keep its input contract (`Contract`): the same real-valued input
 (range, layout, size) and the same output meaning, so the app that feeds the original feeds them

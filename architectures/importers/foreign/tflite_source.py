@@ -2,8 +2,8 @@
 
 Engine: AI Edge Quantizer (`litert-quantizer`, exporter.convert.aeq), after the lossless fixes it
 needs (tflite_float: float16 constants folded to float32, MediaPipe custom ops as their builtins,
-a signature). Reference: LiteRT on the fixed float file (the original itself when nothing needed
-fixing; the plain interpreter cannot run MediaPipe's custom ops, and each fix is exact).
+a signature). Reference: LiteRT on the original file as it is (its Python build runs MediaPipe's
+Convolution2DTransposeBias); where LiteRT cannot run it, the fixed float file (each fix is exact).
 The contract (normalisation, labels, activation) comes from the file's MediaPipe metadata when
 it has some, and every file written keeps that metadata.
 """
@@ -57,10 +57,12 @@ def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, lab
 
         return quantise_tflite(fixed, precision, calibration)
 
+    runs_as_is = _runs(original)
+
     def reference():
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_content=fixed, num_threads=2)
+        interp = Interpreter(model_content=original if runs_as_is else fixed, num_threads=2)
         interp.allocate_tensors()
         inp, outp = interp.get_input_details()[0], interp.get_output_details()[head.index]
 
@@ -70,11 +72,25 @@ def open_source(path: Path, kind: str, work: Path, *, name: str, input_norm, lab
             return interp.get_tensor(outp["index"]).astype(np.float32)
         return predict
 
-    what = ("LiteRT on the original file" if not fixes else
-            "LiteRT on the original's graph with the lossless fixes only (" + "; ".join(fixes) + ")")
+    what = ("LiteRT on the original file" if runs_as_is else
+            "LiteRT on the original's graph with the lossless fixes only (" + "; ".join(fixes) + "): LiteRT "
+            "cannot run the original as it is")
     return ForeignModel(path=path, kind=kind, name=name, engine=_engine(), reference_description=what,
                         float32=fixed, contract=contract, fixes=fixes,
                         metadata_source=original if mf.metadata else None, _quantise=quantise, _reference=reference)
+
+
+def _runs(blob: bytes) -> bool:
+    """Whether LiteRT's interpreter runs the file as it is (its Python build registers MediaPipe's
+    Convolution2DTransposeBias, so MediaPipe's own files do); else the reference is the fixed file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interp = Interpreter(model_content=blob, num_threads=1)
+        interp.allocate_tensors()
+        return True
+    except Exception:  # noqa: BLE001 - an op it lacks: the fixed file is the reference
+        return False
 
 
 def _engine() -> str:
