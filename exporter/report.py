@@ -436,6 +436,12 @@ def _int8_search_section(search: dict) -> list[str]:
         lines.append(f"| {row['file']} | {row['what']} | {inst / 1e6:.2f} M |" if inst else f"| {row['file']} | {row['what']} | – |")
         lines[-1] += (f" {ratio:.2f}× |" if ratio else " – |") + \
             (f" {100 * row['agreement']:.2f}% |" if row.get("agreement") is not None else " – |") + f" {row.get('verdict', '')} |"
+    errors = search.get("layer_errors") or {}
+    if errors.get("worst"):
+        lines += ["", f"Per-layer error of `{errors['file']}` against the float file on {errors['samples']} held-out "
+                  "sample(s), worst first (relative RMS error of each op output):", "",
+                  "| op output | relative RMS error |", "|---|---|"]
+        lines += [f"| {r['tensor']} | {r['relative_rms_error']:.4f} |" for r in errors["worst"]]
     return lines + [""]
 
 

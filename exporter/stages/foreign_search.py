@@ -62,6 +62,43 @@ def head_tensors(blob: bytes, output: int = 0) -> list[str]:
     return names
 
 
+def layer_errors(float_blob: bytes, quant_blob: bytes, inputs, top: int = 8) -> list[dict]:
+    """The ops whose outputs the quantised file gets most wrong, on held-out inputs: relative RMS
+    error of each op output the two files share by name (dequantised with its own scale and zero
+    point), worst first. Where the error starts and where it grows is where to keep float."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    def opened(blob):
+        # LiteRT's own kernels: a delegate's intermediate tensors are never written back.
+        interp = Interpreter(model_content=blob, num_threads=1, experimental_preserve_all_tensors=True,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        outs = {int(t) for op in interp._get_ops_details() for t in op["outputs"]}  # noqa: SLF001
+        return interp, {d["name"]: d for d in interp.get_tensor_details() if d["index"] in outs}
+
+    (f, f_named), (q, q_named) = opened(float_blob), opened(quant_blob)
+    shared = [n for n in f_named if n in q_named and f_named[n]["shape"].tolist() == q_named[n]["shape"].tolist()]
+    sq_err, sq_ref = dict.fromkeys(shared, 0.0), dict.fromkeys(shared, 0.0)
+    for x in inputs:
+        for interp in (f, q):
+            detail = interp.get_input_details()[0]
+            interp.set_tensor(detail["index"], x[None].astype(detail["dtype"]))
+            interp.invoke()
+        for name in shared:
+            ref = f.get_tensor(f_named[name]["index"]).astype(np.float64)
+            d = q_named[name]
+            raw = q.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            got = (raw.astype(np.float64) - zero) * scale if np.issubdtype(raw.dtype, np.integer) and scale else \
+                raw.astype(np.float64)
+            sq_err[name] += float(((got - ref) ** 2).sum())
+            sq_ref[name] += float((ref ** 2).sum())
+    rows = [{"tensor": n, "relative_rms_error": round(float(np.sqrt(sq_err[n] / sq_ref[n])), 5)}
+            for n in shared if sq_ref[n] > 0]
+    return sorted(rows, key=lambda r: -r["relative_rms_error"])[:top]
+
+
 def rewritten(blob: bytes) -> tuple[bytes, list[str]]:
     """The float file after the exact rewrites that let XNNPACK run its int8 version."""
     from exporter.convert.xnnpack_rewrites import fuse_activations, transpose_conv_to_depth_to_space
@@ -80,11 +117,14 @@ def int8_candidates(fm, arts, calib, val, ref, staging: Path, *, writer, measure
     plain = next((a for a in arts if a.format == "tflite" and a.precision == "int8"), None)
     if plain is None:
         return [], {}
-    plain_left = undelegated_ops((staging / plain.file).read_bytes())
+    plain_blob = (staging / plain.file).read_bytes()
+    plain_left = undelegated_ops(plain_blob)
     base, rewrites = rewritten(fm.float32)
     head = head_tensors(base, fm.contract.head)
     summary = {"plain": plain.file, "undelegated_in_plain_int8": plain_left, "rewrites": rewrites,
-               "head": head, "tried": []}
+               "head": head, "tried": [], "layer_errors": {
+                   "file": plain.file, "samples": min(2, len(val)),
+                   "worst": layer_errors(fm.float32, plain_blob, val.inputs[:2])}}
     say(f"int8 search: in {plain.file} XNNPACK leaves "
         + (", ".join(f"{op} x{n}" for op, n in plain_left.items()) or "nothing") + " to reference kernels; "
         + (f"rewrites: {'; '.join(rewrites)}" if rewrites else "no rewrite applies"))
