@@ -396,3 +396,63 @@ def test_int8_hard_swish_decomposition_is_as_accurate_as_the_builtin():
     assert "HARD_SWISH" in builtin_ops and "HARD_SWISH" not in xnnpack_ops
     assert {"ADD", "MUL"} <= xnnpack_ops
     assert xnnpack_error <= 1.1 * builtin_error, (xnnpack_error, builtin_error)
+
+
+from exporter.arm import env as _arm_env  # noqa: E402
+
+_ARM_REASON = _arm_env.check()
+
+
+def _pipeline_int8(model, config, sixth: str) -> bytes:
+    """The pipeline's int8 file (uint8 in/out) of the export graph, with the hard-swish's 1/6 as
+    its own MUL ("layer") or folded into the convs that read it ("folded", the export default)."""
+    import dataclasses
+
+    from architectures import build
+    from exporter.convert.signature import export_model as pipeline_export
+    from exporter.convert.tflite import to_tflite
+
+    fixed = pipeline_export(model, config)
+    if sixth == "layer":
+        unfolded = build(dataclasses.replace(config, batch_size=1, options={**config.options, "sixth": "layer"}))
+        unfolded.set_weights(model.get_weights())
+        fixed = unfolded
+    return to_tflite(fixed, config, "int8", _images(8, seed=6))
+
+
+def test_export_graph_folds_the_hard_swish_sixth_into_the_convs_that_read_it(model):
+    """The export graph's hard-swishes output 6x (relu6(x + 3) * x) and every conv reading one,
+    directly or through the SE pool and multiply, takes the 1/6: the same function."""
+    from architectures import resolve_config
+    from exporter.convert.signature import export_model as pipeline_export
+
+    config = resolve_config("deeplab", input_size=SIZE, num_classes=CLASSES)
+    fixed = pipeline_export(model, config)
+    swishes = [layer for layer in fixed.layers if isinstance(layer, arch_layers.HardSwish)]
+    assert len(swishes) == 18 and all(layer.sixth_folded for layer in swishes)
+    absorbers = deeplab._sixth_absorbers(fixed)
+    # stem -> layer2 depthwise; per hard-swish block: depthwise, SE reduce, project; head: two convs.
+    assert len(absorbers) == 1 + 8 * 3 + 2 and {"layer2_depthwise", "aspp0_conv", "image_pooling_conv"} <= absorbers
+    x = _images(2, seed=11)
+    want, got = model(x, training=False).numpy(), fixed(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_ARM_REASON is not None, reason=_ARM_REASON or "")
+def test_folded_sixth_saves_a76_instructions(model, tmp_path):
+    """On an emulated Cortex-A76 (exact counts): with the 1/6 folded, LiteRT's XNNPACK takes each
+    int8 ADD(+RELU6)-MUL pair as one hard-swish table lookup; with it as a MUL of its own, the
+    MUL-by-constant and the MUL of two tensors run element by element (issue 28)."""
+    from architectures import resolve_config
+    from exporter.arm.runner import arm_cost
+
+    config = resolve_config("deeplab", input_size=SIZE, num_classes=CLASSES)
+    pixels = [np.asarray(_images(1, seed=12), np.uint8)]
+    counts = {}
+    for sixth in ("layer", "folded"):
+        path = tmp_path / f"deeplab_{sixth}.tflite"
+        path.write_bytes(_pipeline_int8(model, config, sixth))
+        counts[sixth] = arm_cost(path, pixels, "cortex-a76").instructions
+    # 64x64, 3 classes (int8 at 128x128, 21 classes, native output size: 5.40 M -> 4.42 M).
+    assert counts == {"layer": 1_626_402, "folded": 1_377_298}, counts
