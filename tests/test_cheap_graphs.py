@@ -57,6 +57,44 @@ def test_quantize_moves_before_the_final_resize_with_identical_bytes():
     assert quantize_before_resize(moved) == moved  # nothing left to move
 
 
+def test_separable_resize_is_the_resize_and_its_quantize_moves_before_the_chain():
+    """ResizeBilinear(separable=True) (DeepLab's exported final resize) computes the one-op resize in
+    float, and the uint8 output QUANTIZE moves in front of its resize-reshape-resize-reshape chain
+    with identical output bytes (the chain carries values without requantising them)."""
+    from architectures.layers import ResizeBilinear
+    from exporter.convert.edges import quantize_before_resize
+    from exporter.convert.tflite import _int8_with_ranges, _pixels_in_as_bytes, calibrated_converter
+    from exporter.keras import keras, tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3), batch_size=1)
+    x = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(5, 1)(x)  # 8x8x5 logits, x4 to the input size as DeepLab's x8
+    direct = keras.Model(inputs, ResizeBilinear((32, 32))(x))
+    model = keras.Model(inputs, ResizeBilinear((32, 32), separable=True)(x))
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    assert np.abs(model(calib).numpy() - direct(calib).numpy()).max() <= 1e-5
+
+    class Config:
+        name, input_size = "tiny", (32, 32)
+
+    converter = calibrated_converter(model, Config, calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    plain = _pixels_in_as_bytes(_int8_with_ranges(converter, calib, 99.999, "uint8"))
+    moved = quantize_before_resize(plain)
+    chain = ["RESIZE_BILINEAR", "RESHAPE", "RESIZE_BILINEAR", "RESHAPE"]
+    assert _ops_in_order(plain)[-5:] == [*chain, "QUANTIZE"]
+    assert _ops_in_order(moved)[-5:] == ["QUANTIZE", *chain]
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 256, (1, 32, 32, 3)).astype(np.uint8)
+        a, out_a = _run(plain, pixels)
+        b, out_b = _run(moved, pixels)
+        assert out_b["dtype"] == np.uint8 and out_b["quantization"] == out_a["quantization"]
+        assert np.array_equal(a, b)
+    assert quantize_before_resize(moved) == moved
+
+
 @pytest.mark.parametrize("kernel,stride", [(3, 2), (4, 2), (2, 2), (3, 3)])
 def test_phase_deconvolution_equals_conv2d_transpose(kernel, stride):
     from architectures.subpixel import PhaseConv2DTranspose

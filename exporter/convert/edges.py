@@ -12,7 +12,8 @@ int8 -> uint8 QUANTIZE with an equal scale only adds 128 to every value, and int
 commutes with adding a constant exactly (XNNPACK's and TFLite's integer bilinear kernels round
 a weighted sum whose weights sum to one), so the uint8 resize of the shifted small map gives the
 same bytes as the shifted int8 resize, while the QUANTIZE touches 64x fewer values (DeepLab's
-x8 upsampling). The uint8 resize runs in XNNPACK.
+x8 upsampling). The uint8 resize runs in XNNPACK. A chain of resizes and reshapes (a separable
+resize) moves the same way: each op carries values unchanged in quantisation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 _RESIZES = ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR")
+_CARRIERS = ("RESHAPE",)  # move values unchanged: the QUANTIZE commutes with them
 
 
 def _same_quantization(a, b) -> bool:
@@ -54,18 +56,27 @@ def quantize_before_resize(model_content: bytes) -> bytes:
         # Equal scales: the QUANTIZE is a shift by 128 (zero points z and z + 128).
         if not (_same_scale(mid_t, out_t) and _zero(out_t) == _zero(mid_t) + 128):
             continue
-        users = [op for op in graph.operators if mid in list(op.inputs)]
-        resizers = [i for i, op in enumerate(graph.operators) if mid in list(op.outputs)]
-        if len(users) != 1 or len(resizers) != 1 or mid in list(graph.outputs):
+        # The ops that carry the small map to `mid` unchanged in quantisation: resizes, and the
+        # reshapes of a separable resize (architectures.layers.ResizeBilinear(separable=True)).
+        chain, tensor = [], mid
+        while True:
+            users = [op for op in graph.operators if tensor in list(op.inputs)]
+            makers = [i for i, op in enumerate(graph.operators) if tensor in list(op.outputs)]
+            if len(users) != 1 or len(makers) != 1 or tensor in list(graph.outputs):
+                break
+            maker = graph.operators[makers[0]]
+            if op_name(model, maker) not in (*_RESIZES, *_CARRIERS):
+                break
+            src = int(maker.inputs[0])
+            src_t = graph.tensors[src]
+            if src_t.type != fb.TensorType.INT8 or not _same_quantization(src_t.quantization, mid_t.quantization):
+                break
+            chain.append(makers[0])
+            tensor = src
+        if not any(op_name(model, graph.operators[i]) in _RESIZES for i in chain):
             continue
-        ri = resizers[0]
-        resize = graph.operators[ri]
-        if op_name(model, resize) not in _RESIZES:
-            continue
-        src = int(resize.inputs[0])
+        src, first = tensor, min(chain)
         src_t = graph.tensors[src]
-        if src_t.type != fb.TensorType.INT8 or not _same_quantization(src_t.quantization, mid_t.quantization):
-            continue
         # The small map in uint8, quantised as the output is.
         small = fb.TensorT()
         small.shape = list(src_t.shape)
@@ -82,10 +93,18 @@ def quantize_before_resize(model_content: bytes) -> bytes:
         small_i = len(graph.tensors) - 1
         quantize.inputs = np.array([src], np.int32)
         quantize.outputs = np.array([small_i], np.int32)
-        resize.inputs = np.array([small_i, *list(resize.inputs)[1:]], np.int32)
-        resize.outputs = np.array([output], np.int32)
-        # Execution order: the QUANTIZE where the resize was, the resize where the QUANTIZE was.
-        graph.operators[ri], graph.operators[qi] = quantize, resize
+        # Chain ops, first to last: the first reads the uint8 map, the last writes the output; the
+        # tensors between them become uint8 with the output's quantisation (a shift by 128).
+        ordered = sorted(chain)
+        graph.operators[ordered[0]].inputs = np.array([small_i, *list(graph.operators[ordered[0]].inputs)[1:]], np.int32)
+        graph.operators[ordered[-1]].outputs = np.array([output], np.int32)
+        for i in ordered[:-1]:
+            between = graph.tensors[int(graph.operators[i].outputs[0])]
+            between.type = fb.TensorType.UINT8
+            between.quantization.zeroPoint = np.array(out_t.quantization.zeroPoint, np.int64)
+        # Execution order: the QUANTIZE just before the chain (it reads only what the chain read).
+        del graph.operators[qi]
+        graph.operators.insert(first, quantize)
         changed = True
     return write_model(model) if changed else model_content
 
