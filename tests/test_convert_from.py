@@ -80,14 +80,15 @@ def keras_deeplab(path: Path, size: int = 64, classes: int = 3, output: str = "s
 @pytest.mark.slow
 def test_keras_model_end_to_end(run_cli, tmp_path, photos):
     """A .keras file through every stage: its files keep its float [0..255] input (the model rescales
-    inside), parity against the model in Keras, ARM cost on both cores, the recommendation."""
+    inside), parity against the model in Keras, ARM cost, the recommendation."""
     from exporter.arm import env as arm_env
     from exporter.metadata import read_metadata
 
     model = keras_deeplab(tmp_path / "my_deeplab.keras")
     out = tmp_path / "runs"
     result = run_cli("--quiet", "convert", "--from", str(model), "--data", str(photos), "--precision", "int8,float16",
-                     "--labels", "background,person,hair", "--threads", "1", "--no-gpu-run", "--out", str(out))
+                     "--labels", "background,person,hair", "--threads", "1", "--no-gpu-run", "--arm", "cortex-a76",
+                     "--out", str(out))
     _ok(result)
     report = _report(out, "my_deeplab")
     assert report["source"]["kind"] == "keras" and "TFLiteConverter" in report["source"]["engine"]
@@ -108,7 +109,7 @@ def test_keras_model_end_to_end(run_cli, tmp_path, photos):
     assert report["recommended"]["cpu"] in arts
     if arm_env.check() is None:
         for name, art in arts.items():
-            assert art["arm"]["cortex-a76"]["instructions"] > 0 and art["arm"]["cortex-a55"]["instructions"] > 0
+            assert art["arm"]["cortex-a76"]["instructions"] > 0  # both cores by default; one here, for time
         assert report["int8_search"]["summary"]
     assert result.stderr == ""
 

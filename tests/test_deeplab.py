@@ -458,4 +458,7 @@ def test_export_graph_saves_a76_instructions(tmp_path):
         path.write_bytes(_pipeline_int8(model, config, options))
         counts[key] = arm_cost(path, pixels, "cortex-a76").instructions
     # 64x64, 3 classes. At 128x128, 21 classes (trained bench weights): 7.27 M -> 6.29 M -> 5.90 M.
-    assert counts == {"training graph": 1_626_402, "sixth folded": 1_377_298, "export graph": 1_219_451}, counts
+    # The counts are exact for one file; a fresh clone's calibration moved one variant's by 32
+    # instructions (1,377,330; the int8 parameters, not the kernels), so each within 0.01 %.
+    expected = {"training graph": 1_626_402, "sixth folded": 1_377_298, "export graph": 1_219_451}
+    assert all(abs(counts[k] - n) <= 1e-4 * n for k, n in expected.items()), counts
