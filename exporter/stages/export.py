@@ -6,6 +6,8 @@ facts the checks read (ops, float ops, GPU-delegate compatibility).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from exporter.artifacts import Artifact, write_bytes
 from exporter.errors import ConversionError
 from exporter.formats import ALTERNATIVE, artifact_name, variant
@@ -38,17 +40,23 @@ def tflite_files(run: Run) -> list[Artifact]:
 def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, facts: dict,
                  role: str | None = None) -> Artifact:
     """The blob with MediaPipe metadata, written to staging, as a record with its TFLite facts."""
-    from exporter.convert.tflite import float_ops, op_histogram, quant_param_bytes
-    from exporter.delegates import gpu_compatibility
     from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
 
     problems = mediapipe_problems(blob)
     blob = add_segmenter_metadata(blob, **segmenter_metadata_for(run.config), check=False)
     if problems:
         say(f"warning: {name}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
-    facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "quant_param_bytes": quant_param_bytes(blob),
-             "mediapipe_problems": problems, "gpu_static": gpu_compatibility(blob), **facts}
-    return _write(run, blob, name, "tflite", precision, method, facts, role)
+    return write_artifact(run.staging, blob, name, "tflite", precision, method,
+                          {**tflite_facts(blob, problems), **facts}, role)
+
+
+def tflite_facts(blob: bytes, mediapipe_problems: list[str]) -> dict:
+    """What the checks read of a TFLite file: ops, float ops, quantisation-parameter bytes, GPU compatibility."""
+    from exporter.convert.tflite import float_ops, op_histogram, quant_param_bytes
+    from exporter.delegates import gpu_compatibility
+
+    return {"ops": op_histogram(blob), "float_ops": float_ops(blob), "quant_param_bytes": quant_param_bytes(blob),
+            "mediapipe_problems": mediapipe_problems, "gpu_static": gpu_compatibility(blob)}
 
 
 def onnx_files(run: Run) -> list[Artifact]:
@@ -63,18 +71,19 @@ def onnx_files(run: Run) -> list[Artifact]:
     q = run.opts.quant
     say("converting to ONNX float32 (tf2onnx)")
     blob = to_onnx(run.fixed, run.config)
-    out = [_write(run, blob, artifact_name(run.name, "float32", "onnx"), "onnx", "float32", "none", {})]
+    out = [write_artifact(run.staging, blob, artifact_name(run.name, "float32", "onnx"), "onnx", "float32", "none", {})]
     if run.opts.int8:
         say("quantising the ONNX model to int8 QDQ (ONNX Runtime, same calibration samples)")
         int8 = quantise_onnx(blob, run.calib.images, INPUT_NAME, q.per_tensor, q.range_percentile)
-        out.append(_write(run, int8, artifact_name(run.name, "int8", "onnx"), "onnx", "int8", "ptq",
+        out.append(write_artifact(run.staging, int8, artifact_name(run.name, "int8", "onnx"), "onnx", "int8", "ptq",
                           {"weight_scales": weight_scales(q.per_tensor), "weight_bits": WEIGHT_BITS}))
     return [a.measured(mobile=onnx_mobile_usability(run.staging / a.file)) for a in out]
 
 
-def _write(run: Run, blob: bytes, name: str, fmt: str, precision: str, method: str, facts: dict,
-           role: str | None = None) -> Artifact:
-    write_bytes(run.staging / name, blob)
+def write_artifact(folder: Path, blob: bytes, name: str, fmt: str, precision: str, method: str, facts: dict,
+                   role: str | None = None) -> Artifact:
+    """The file into the run's staging folder, as the record every later stage reads."""
+    write_bytes(folder / name, blob)
     say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
     return Artifact(file=name, format=fmt, precision=precision, method=method, bytes=len(blob), role=role,
                     facts=facts)

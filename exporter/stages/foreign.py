@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.artifacts import Artifact, write_bytes
+from exporter.artifacts import Artifact
 from exporter.errors import ExporterError
 from exporter.formats import artifact_name, variant
 from exporter.progress import say
+from exporter.stages.export import write_artifact
 from exporter.stages.run import publish, staging_folder
 
 POLICY = "--from"  # exporter.policy's targets for foreign models
@@ -91,7 +92,7 @@ def convert_from(opts: ForeignOptions) -> dict:
             if "int8" in opts.precisions and opts.keep_float_auto:
                 from exporter.stages.foreign_search import int8_candidates
 
-                extra, search = int8_candidates(fm, arts, calib, val, ref, staging, writer=_tflite_writer(fm, staging),
+                extra, search = int8_candidates(fm, arts, calib, val, staging, writer=_tflite_writer(fm, staging),
                                                 measure=lambda a: accuracy(fm, a, val, ref, staging))
                 arts += extra
             arts, bench = latency(opts, fm.contract, arts, val, staging)
@@ -152,15 +153,12 @@ def with_metadata(fm, blob: bytes) -> bytes:
 
 def _tflite_writer(fm, staging: Path):
     def write(blob: bytes, name: str, precision: str, method: str, facts: dict, role: str | None = None) -> Artifact:
-        from exporter.convert.tflite import float_ops, op_histogram, quant_param_bytes
-        from exporter.delegates import gpu_compatibility
         from exporter.metadata import mediapipe_problems
+        from exporter.stages.export import tflite_facts
 
         blob = with_metadata(fm, blob)
-        problems = mediapipe_problems(blob)
-        facts = {"ops": op_histogram(blob), "float_ops": float_ops(blob), "quant_param_bytes": quant_param_bytes(blob),
-                 "mediapipe_problems": problems, "gpu_static": gpu_compatibility(blob), "io": "float", **facts}
-        return _write(staging, blob, name, "tflite", precision, method, facts, role)
+        facts = {**tflite_facts(blob, mediapipe_problems(blob)), "io": "float", **facts}
+        return write_artifact(staging, blob, name, "tflite", precision, method, facts, role)
     return write
 
 
@@ -189,20 +187,14 @@ def _onnx_files(fm, opts, calib: Samples, staging: Path) -> list[Artifact]:
     from exporter.delegates import onnx_mobile_usability
 
     name = artifact_name(fm.name, "float32", "onnx")
-    out = [_write(staging, fm.onnx_path.read_bytes(), name, "onnx", "float32", "none",
+    out = [write_artifact(staging, fm.onnx_path.read_bytes(), name, "onnx", "float32", "none",
                   {"engine": "none (the original ONNX file)"})]
     if "int8" in opts.precisions:
         say(f"ONNX Runtime quantize_static: int8 QDQ ({len(calib)} calibration samples)")
         blob = quantise_foreign_onnx(fm.onnx_path, calib.inputs)
-        out.append(_write(staging, blob, artifact_name(fm.name, "int8", "onnx"), "onnx", "int8", "ptq",
+        out.append(write_artifact(staging, blob, artifact_name(fm.name, "int8", "onnx"), "onnx", "int8", "ptq",
                           {"engine": "ONNX Runtime quantize_static (QDQ)"}))
     return [a.measured(mobile=onnx_mobile_usability(staging / a.file)) for a in out]
-
-
-def _write(staging, blob, name, fmt, precision, method, facts, role=None) -> Artifact:
-    write_bytes(staging / name, blob)
-    say(f"wrote {name} ({len(blob) / 1e6:.2f} MB)")
-    return Artifact(file=name, format=fmt, precision=precision, method=method, bytes=len(blob), role=role, facts=facts)
 
 
 # --- parity -------------------------------------------------------------------------------------
@@ -232,7 +224,7 @@ def _classes_of(contract):
     return lambda scores: class_map(scores, logits=contract.logits)
 
 
-def _masks(val: Samples, num_classes: int, like=None) -> np.ndarray:
+def _masks(val: Samples) -> np.ndarray:
     return val.masks if val.masks is not None else np.full(val.images.shape[:3], 255, np.uint8)
 
 
@@ -241,7 +233,7 @@ def reference(fm, val: Samples) -> dict:
 
     say(f"reference: {fm.reference_description}, on {len(val)} held-out samples")
     c = fm.contract
-    return evaluate(fm.reference(), val.images, _masks(val, c.num_classes), c.num_classes, classes_of=_classes_of(c))
+    return evaluate(fm.reference(), val.images, _masks(val), c.num_classes, classes_of=_classes_of(c))
 
 
 def accuracy(fm, artifacts: list[Artifact], val: Samples, ref: dict, staging: Path) -> list[Artifact]:

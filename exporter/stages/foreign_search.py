@@ -108,12 +108,8 @@ def rewritten(blob: bytes) -> tuple[bytes, list[str]]:
     return blob, fused + d2s
 
 
-def int8_candidates(fm, arts, calib, val, ref, staging: Path, *, writer, measure) -> tuple[list, dict]:
+def int8_candidates(fm, arts, calib, val, staging: Path, *, writer, measure) -> tuple[list, dict]:
     """(new artifacts, the report's "int8_search" section before ARM figures)."""
-    from exporter.convert.aeq import quantise_tflite
-    from exporter.errors import ExporterError
-    from exporter.formats import SELECTIVE
-
     plain = next((a for a in arts if a.format == "tflite" and a.precision == "int8"), None)
     if plain is None:
         return [], {}
@@ -135,24 +131,29 @@ def int8_candidates(fm, arts, calib, val, ref, staging: Path, *, writer, measure
                   {"keep_float": head}))
     out = []
     for role, what, kwargs in plans:
-        out += _candidate(fm, base, calib, role, what, kwargs, writer, summary, quantise_tflite, ExporterError, SELECTIVE)
+        out += _candidate(fm, base, calib, role, what, kwargs, writer, summary)
     left = undelegated_ops((staging / out[-1].file).read_bytes()) if out else {}
     if left:
         ops = sorted(left)
         out += _candidate(fm, base, calib, "xnnpack-float", f"head and {', '.join(ops)} kept float",
-                          {"keep_float": head + ops}, writer, summary, quantise_tflite, ExporterError, SELECTIVE)
+                          {"keep_float": head + ops}, writer, summary)
     return measure(out), summary
 
 
-def _candidate(fm, base, calib, role, what, kwargs, writer, summary, quantise, error, selective) -> list:
+def _candidate(fm, base: bytes, calib, role: str, what: str, kwargs: dict, writer, summary: dict) -> list:
+    """One int8 file of the search, written and recorded in `summary["tried"]`; [] when the quantizer refuses."""
+    from exporter.convert.aeq import quantise_tflite
+    from exporter.errors import ExporterError
+    from exporter.formats import SELECTIVE
+
     try:
-        blob = quantise(base, "int8", calib.inputs, **kwargs)
-    except error as exc:
+        blob = quantise_tflite(base, "int8", calib.inputs, **kwargs)
+    except ExporterError as exc:
         summary["tried"].append({"role": role, "what": what, "error": str(exc)})
         say(f"int8 search: {role}: not written ({exc})")
         return []
     art = writer(blob, artifact_name(fm.name, "int8", role=role), "int8", "ptq", {"engine": fm.engine, "search": what},
-                 role=selective)
+                 role=SELECTIVE)
     summary["tried"].append({"role": role, "what": what, "file": art.file})
     return [art]
 
