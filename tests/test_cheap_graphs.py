@@ -25,10 +25,29 @@ def _ops_in_order(blob):
     return [op["op_name"] for op in _ops(blob)]
 
 
+def _uint8_int8_file(model, config, calib) -> bytes:
+    """The full-integer file the int8 recipe writes (uint8 pixels in, uint8 scores out), before the edge rewrite."""
+    from exporter.convert.tflite import _int8_with_ranges, _pixels_in_as_bytes, calibrated_converter
+    from exporter.keras import tf
+
+    converter = calibrated_converter(model, config, calib)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return _pixels_in_as_bytes(_int8_with_ranges(converter, calib, 99.999, "uint8"))
+
+
+def _assert_same_output_bytes(plain: bytes, moved: bytes, size: int) -> None:
+    """Both files give the same uint8 output bytes, with the same output parameters, on 3 random inputs."""
+    for seed in range(3):
+        pixels = np.random.default_rng(seed).integers(0, 256, (1, size, size, 3)).astype(np.uint8)
+        a, out_a = _run(plain, pixels)
+        b, out_b = _run(moved, pixels)
+        assert out_b["dtype"] == np.uint8 and out_b["quantization"] == out_a["quantization"]
+        assert np.array_equal(a, b)
+
+
 def test_quantize_moves_before_the_final_resize_with_identical_bytes():
     from exporter.convert.edges import quantize_before_resize
-    from exporter.convert.tflite import _int8_with_ranges, _pixels_in_as_bytes, calibrated_converter
-    from exporter.keras import keras, tf
+    from exporter.keras import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((16, 16, 3), batch_size=1)
@@ -41,19 +60,12 @@ def test_quantize_moves_before_the_final_resize_with_identical_bytes():
 
     rng = np.random.default_rng(0)
     calib = rng.uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
-    converter = calibrated_converter(model, Config, calib)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    plain = _pixels_in_as_bytes(_int8_with_ranges(converter, calib, 99.999, "uint8"))
+    plain = _uint8_int8_file(model, Config, calib)
     moved = quantize_before_resize(plain)
     assert _ops_in_order(plain)[-2:] == ["RESIZE_BILINEAR", "QUANTIZE"]
     assert _ops_in_order(moved)[-2:] == ["QUANTIZE", "RESIZE_BILINEAR"]
     assert op_histogram(moved) == op_histogram(plain)
-    for seed in range(3):
-        pixels = np.random.default_rng(seed).integers(0, 256, (1, 16, 16, 3)).astype(np.uint8)
-        a, out_a = _run(plain, pixels)
-        b, out_b = _run(moved, pixels)
-        assert out_b["dtype"] == np.uint8 and out_b["quantization"] == out_a["quantization"]
-        assert np.array_equal(a, b)
+    _assert_same_output_bytes(plain, moved, 16)
     assert quantize_before_resize(moved) == moved  # nothing left to move
 
 
@@ -63,8 +75,7 @@ def test_separable_resize_is_the_resize_and_its_quantize_moves_before_the_chain(
     with identical output bytes (the chain carries values without requantising them)."""
     from architectures.layers import ResizeBilinear
     from exporter.convert.edges import quantize_before_resize
-    from exporter.convert.tflite import _int8_with_ranges, _pixels_in_as_bytes, calibrated_converter
-    from exporter.keras import keras, tf
+    from exporter.keras import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3), batch_size=1)
@@ -79,19 +90,12 @@ def test_separable_resize_is_the_resize_and_its_quantize_moves_before_the_chain(
     class Config:
         name, input_size = "tiny", (32, 32)
 
-    converter = calibrated_converter(model, Config, calib)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    plain = _pixels_in_as_bytes(_int8_with_ranges(converter, calib, 99.999, "uint8"))
+    plain = _uint8_int8_file(model, Config, calib)
     moved = quantize_before_resize(plain)
     chain = ["RESIZE_BILINEAR", "RESHAPE", "RESIZE_BILINEAR", "RESHAPE"]
     assert _ops_in_order(plain)[-5:] == [*chain, "QUANTIZE"]
     assert _ops_in_order(moved)[-5:] == ["QUANTIZE", *chain]
-    for seed in range(3):
-        pixels = np.random.default_rng(seed).integers(0, 256, (1, 32, 32, 3)).astype(np.uint8)
-        a, out_a = _run(plain, pixels)
-        b, out_b = _run(moved, pixels)
-        assert out_b["dtype"] == np.uint8 and out_b["quantization"] == out_a["quantization"]
-        assert np.array_equal(a, b)
+    _assert_same_output_bytes(plain, moved, 32)
     assert quantize_before_resize(moved) == moved
 
 
