@@ -301,7 +301,8 @@ OutputKindOpt = Annotated[Optional[str], typer.Option(
 
 
 PeersOpt = Annotated[bool, typer.Option(
-    "--peers/--no-peers", help="With int8 and ARM: AI Edge Quantizer's plain int8 of the same float32 file, measured "
+    "--peers/--no-peers", help="With int8 and ARM: AI Edge Quantizer's plain int8 of the same float32 file and "
+                               "TFLiteConverter's default full-integer file of the training graph, measured "
                                "beside the recommended file (reported, never recommended).")]
 
 OutputActivationOpt = Annotated[str, typer.Option(

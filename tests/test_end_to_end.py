@@ -66,9 +66,16 @@ def test_arm_cost_and_recommended_files(unet_run):
     tflite = [a for a in report["artifacts"] if a["format"] == "tflite"]
     rec = report["recommended"]
     assert rec["cpu"] in {a["file"] for a in tflite if a.get("role") != "peer"} and rec["gpu"] == "unet_float32.tflite"
-    # The peer (AI Edge Quantizer's plain int8 of the same float32 file) measured beside the recommendation.
-    (peer,) = report["peers"]["peers"]
-    assert peer["file"] == "unet_int8_peer-aeq.tflite" and peer["a76_instructions"] > 0 and peer["agreement"] > 0.9
+    # The peers (AI Edge Quantizer's plain int8 of the same float32 file; TFLiteConverter's default
+    # full-integer file of the training graph) measured beside the recommendation.
+    peers = {p["file"]: p for p in report["peers"]["peers"]}
+    assert set(peers) == {"unet_int8_peer-aeq.tflite", "unet_int8_peer-tflite.tflite"}
+    for peer in peers.values():
+        assert peer["a76_instructions"] > 0 and peer["agreement"] > 0.9, peer
+    # The converter's file keeps the training graph's TRANSPOSE_CONVs: it costs more than ours.
+    tflite_peer = next(a for a in tflite if a["file"] == "unet_int8_peer-tflite.tflite")
+    assert tflite_peer["ops"].get("TRANSPOSE_CONV") and tflite_peer["io"] == "uint8", tflite_peer["ops"]
+    assert peers["unet_int8_peer-tflite.tflite"]["a76_instructions"] > report["peers"]["recommended"]["a76_instructions"]
     assert report["peers"]["recommended"]["file"] == rec["cpu"] and "## Peers" in md
     assert "**Recommended:** CPU `" in "\n".join(md.splitlines()[:4])
     (speed,) = [c for c in report["checks"] if c["kind"] == "speed"]

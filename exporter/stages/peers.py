@@ -1,9 +1,21 @@
 """The peers: what a user gets without this tool from the same float model, measured beside ours.
 
-AI Edge Quantizer's plain `static_wi8_ai8` (litert-quantizer, exporter.convert.aeq) of the run's
-float32 file, calibrated on the same samples, written as MODEL_int8_peer-aeq.tflite and measured
-like every file (held-out agreement, ARM instructions, GPU). It is reported, never gated or
-recommended (role PEER). `section(report)` sets the recommended CPU file beside each peer: the
+- AI Edge Quantizer's plain `static_wi8_ai8` (litert-quantizer, exporter.convert.aeq) of the run's
+  float32 file (our export graph), calibrated on the same samples: MODEL_int8_peer-aeq.tflite.
+- TFLiteConverter's default full-integer file of the TRAINING graph (the model as trained, no
+  export-graph rewrites, no edge rewrites, the converter's own min/max calibration on the same
+  samples, per-channel weights): MODEL_int8_peer-tflite.tflite. The recipe is TensorFlow's
+  documented integer-only one (`Optimize.DEFAULT`, a representative dataset,
+  `TFLITE_BUILTINS_INT8`, `inference_input_type`/`inference_output_type` uint8): integer I/O
+  because that recipe sets it (without it the converter keeps float I/O, which is "integer with
+  float fallback", not the full-integer file an NPU or a uint8 camera pipeline takes), and uint8 as
+  ours is, so the A76 counts compare the graphs, not the I/O edges. The uint8 input keeps the
+  scale the converter derives from the calibration pixels (we set ours to 1/0); the runners
+  quantise pixels with each file's own parameters. Only the static batch of 1 and the run's
+  output contract (`exporter.output_contract.strip`) are applied, as for every file measured.
+
+Each is written and measured like every file (held-out agreement, ARM instructions, GPU), reported,
+never gated or recommended (role PEER). `section(report)` sets the recommended CPU file beside each peer: the
 report's `peers` and its table. A foreign model's (`convert --from` a .tflite or .onnx) plain int8
 file is that same recipe on the same float file, so it is its peer (no second file).
 
@@ -17,17 +29,24 @@ from exporter.progress import say
 
 AEQ_ROLE = "peer-aeq"
 AEQ_WHAT = "AI Edge Quantizer static_wi8_ai8 of the same float32 file (plain recipe, same calibration samples)"
+TFLITE_ROLE = "peer-tflite"
+TFLITE_WHAT = ("TFLiteConverter's default full-integer file of the training graph (no rewrites, min/max "
+               "calibration on the same samples, uint8 I/O)")
 
 
 def peer_files(run, arts: list) -> list:
+    bench = run.opts.bench
+    if not (run.opts.int8 and bench.enabled and bench.arm and bench.peers):
+        return []
+    return _aeq_file(run, arts) + _tflite_file(run)
+
+
+def _aeq_file(run, arts: list) -> list:
     from architectures.importers.foreign.tflite_float import fix_float_tflite
     from exporter.convert.aeq import quantise_tflite
     from exporter.errors import ExporterError
     from exporter.stages.export import write_tflite
 
-    bench = run.opts.bench
-    if not (run.opts.int8 and bench.enabled and bench.arm and bench.peers):
-        return []
     float32 = next((a for a in arts if a.format == "tflite" and a.precision == "float32"), None)
     if float32 is None:
         return []
@@ -41,6 +60,45 @@ def peer_files(run, arts: list) -> list:
         return []
     name = artifact_name(run.name, "int8", role=AEQ_ROLE)
     return [write_tflite(run, blob, name, "int8", "ptq", {"peer": AEQ_WHAT, "io": "float"}, role=PEER)]
+
+
+def _tflite_file(run) -> list:
+    from exporter.errors import ExporterError
+    from exporter.stages.export import write_tflite
+
+    say("peers: TFLiteConverter's default full-integer file of the training graph, same calibration samples")
+    try:
+        blob = converter_default_int8(run.model, run.config, run.calib.images)
+    except ExporterError as exc:
+        say(f"warning: peers: TFLiteConverter's default int8 file not written ({exc})")
+        return []
+    name = artifact_name(run.name, "int8", role=TFLITE_ROLE)
+    return [write_tflite(run, blob, name, "int8", "ptq", {"peer": TFLITE_WHAT, "io": "uint8"}, role=PEER)]
+
+
+def converter_default_int8(model, config, calibration_images) -> bytes:
+    """TensorFlow's documented integer-only recipe on `model`'s own graph at batch 1 (module doc)."""
+    import dataclasses
+
+    from architectures import build
+    from exporter.convert.tflite import _converter, representative
+    from exporter.errors import ConversionError
+    from exporter.keras import tf
+    from exporter.output_contract import strip
+
+    try:
+        fixed = build(dataclasses.replace(config, batch_size=1))  # the training graph's options, no export_options
+        fixed.set_weights(model.get_weights())
+        converter = _converter(strip(fixed, config), config)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative(calibration_images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+        return converter.convert()
+    except Exception as exc:  # the converter raises many types; the message is what matters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ConversionError(f"TFLiteConverter's default int8 conversion of {config.name} failed: {first}") from exc
 
 
 def section(report: dict) -> dict | None:
