@@ -354,13 +354,15 @@ def _art(report: dict, name: str) -> dict:
 
 
 def _delegates_table(report: dict) -> str:
+    from exporter.gpu.stage import describe as gpu_describe
+
     rows = ["| file | verdict |", "|---|---|"]
     for a in report["artifacts"]:
         if (g := static_verdict(a)) is not None:
             blockers = g["unsupported_ops"] + g["tensors_over_4d"] + g["analyzer_warnings"]
             verdict = "GPU delegate: compatible" if g["compatible"] else f"GPU delegate: falls back for {', '.join(blockers)}"
             if (run := gpu_runtime(a)) is not None:
-                verdict += "; " + _gpu_run_verdict(run)
+                verdict += "; GPU run: " + gpu_describe(run, brief=True).replace("|", "\\|")  # a table cell
             if a.get("mediapipe_problems"):
                 verdict += f"; MediaPipe: {'; '.join(a['mediapipe_problems'])}"
             else:
@@ -394,15 +396,6 @@ def _delegates_table(report: dict) -> str:
         rows.append("GPU run: " + ("LiteRT GPU accelerator available" if gpu.get("available")
                                    else f"{gpu.get('reason', 'not tried')} on this machine; no GPU figures reported."))
     return "\n".join(rows)
-
-
-def _gpu_run_verdict(run: dict) -> str:
-    if "error" in run:
-        return f"GPU run: not measured ({run['error']})"
-    if not run["fully_accelerated"]:
-        return f"GPU run: not fully accelerated ({', '.join(run['fallback_ops'])} fell back)"
-    return (f"GPU run ({run['precision']}): fully accelerated, agreement with CPU "
-            f"{100 * run['agreement_with_cpu']:.2f}%, max |Δ| {run['max_abs_diff']:.2g}")
 
 
 def _per_class_table(report: dict, key: str = "per_class_iou") -> str:

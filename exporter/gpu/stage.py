@@ -85,10 +85,13 @@ def run_raw(path: Path, inputs: np.ndarray, out: dict) -> dict:
     return result
 
 
-def describe(entry: dict) -> str:
+def describe(entry: dict, brief: bool = False) -> str:
+    """One GPU entry in words: for the console, or `brief` (no device or time) for the report's verdicts."""
     if "error" in entry:
         return f"not measured ({entry['error']})"
+    where = "" if brief else f" ({entry['device']})"
     if not entry["fully_accelerated"]:
-        return f"not fully accelerated: {', '.join(entry['fallback_ops'])} fell back ({entry['device']})"
-    return (f"fully accelerated, {entry['precision']}, agreement with CPU {100 * entry['agreement_with_cpu']:.3f}%, "
-            f"max |Δ| {entry['max_abs_diff']:.3g}, {entry['seconds']:.1f} s ({entry['device']})")
+        return f"not fully accelerated: {', '.join(entry['fallback_ops'])} fell back{where}"
+    return (f"fully accelerated, {entry['precision']}, agreement with CPU "
+            f"{100 * entry['agreement_with_cpu']:.{2 if brief else 3}f}%, max |Δ| {entry['max_abs_diff']:.3g}"
+            + ("" if brief else f", {entry['seconds']:.1f} s{where}"))
