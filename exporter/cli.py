@@ -311,8 +311,10 @@ OutputActivationOpt = Annotated[str, typer.Option(
                                 "channel), which MediaPipe's ImageSegmenter applies.")]
 OutputSizeOpt = Annotated[str, typer.Option(
     "--output-size", help="input: scores at the input resolution; native: the decoder's own resolution (the final "
-                          "bilinear resize cut off; MediaPipe's ImageSegmenter upsamples to the image size). Only "
-                          "for architectures that end in such a resize (deeplab, segformer).")]
+                          "bilinear resize cut off; MediaPipe's ImageSegmenter upsamples to the image size); "
+                          "aligned:R (or aligned:HxW): the decoder's logits resampled in the file to an RxR grid "
+                          "whose aligned-corners upsample (MediaPipe's) reproduces the model's own resize. native "
+                          "and aligned:R only for architectures that end in such a resize (deeplab, segformer).")]
 
 
 @app.command()

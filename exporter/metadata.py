@@ -79,6 +79,10 @@ def segmenter_metadata_for(config) -> dict:
     if size == "native":
         description += (". Outputs scores at the decoder's resolution, below the input's: the client upsamples "
                         "them (bilinear) to the image size")
+    elif size != "input":  # aligned:R (exporter.output_contract.aligned_grid)
+        description += (f". Outputs logits on a {size.split(':', 1)[1]} grid below the input's resolution, resampled "
+                        "for a client that upsamples them to the image size with aligned corners (bilinear, as "
+                        "MediaPipe's ImageSegmenter does)")
     # The activation follows from the export graph's contract (exporter.output_contract).
     return dict(name=config.name, description=description, labels=list(config.labels),
                 mean=0.0, std=1.0, output_activation=client_activation(config), version=exporter.__version__)

@@ -8,6 +8,13 @@ masks at the image's size, whatever size the output tensor has. So a file may le
 - `--output-size native`: the export graph's final bilinear resize to the input resolution is cut
   off; the file outputs the decoder's own resolution and the client upsamples. Only where the
   architecture ends in such a resize; otherwise one line says why not.
+- `--output-size aligned:R` (or `aligned:HxW`): the final resize is cut off as for `native`, and the
+  decoder's logits are resampled inside the file to an R x R grid chosen for a client that upsamples
+  with ALIGNED corners (MediaPipe's category mask): per axis a fixed linear map
+  A = pinv(U_aligned(input <- R)) . M_model(input <- native), the least-squares grid whose
+  aligned-corners upsample is closest to the model's own resize (half-pixel centres, or aligned
+  corners where the architecture's resize has them). Two FULLY_CONNECTED ops over the transposed
+  axes (`_aligned_resample`), cheap in int8, instead of the x8 resize at every input pixel.
 
 The contract lives in ONE place, the export graph (`strip`, called by
 exporter.convert.signature.export_model); the metadata and the parity follow from it.
@@ -27,7 +34,7 @@ import numpy as np
 from exporter.errors import ExporterError
 
 ACTIVATION_CHOICES = ("model", "none")
-SIZE_CHOICES = ("input", "native")
+SIZE_CHOICES = ("input", "native", "aligned:R")
 DEFAULT_ACTIVATION, DEFAULT_SIZE = "model", "input"
 # Keras layers that resize bilinearly (DeepLab's ResizeBilinear for align-corners and odd sizes).
 _RESIZE_LAYERS = ("UpSampling2D", "Resizing", "ResizeBilinear")
@@ -36,8 +43,34 @@ _RESIZE_LAYERS = ("UpSampling2D", "Resizing", "ResizeBilinear")
 def check(activation: str, size: str) -> None:
     if activation not in ACTIVATION_CHOICES:
         raise ExporterError(f"--output-activation {activation!r}: choose one of {', '.join(ACTIVATION_CHOICES)}")
-    if size not in SIZE_CHOICES:
-        raise ExporterError(f"--output-size {size!r}: choose one of {', '.join(SIZE_CHOICES)}")
+    if size not in SIZE_CHOICES[:2]:
+        aligned_grid(size, None)  # aligned:R / aligned:HxW, or one line saying what is wrong
+
+
+def aligned_grid(size: str, input_size) -> tuple[int, int] | None:
+    """(rows, cols) of `--output-size aligned:R` / `aligned:HxW`, None for another size; checked
+    against `input_size` (2 <= R <= the input's) when given."""
+    if not size.startswith("aligned:"):
+        if size in SIZE_CHOICES[:2]:
+            return None
+        raise ExporterError(f"--output-size {size!r}: choose input, native or aligned:R (R x R logits for a client "
+                            "that upsamples with aligned corners, e.g. aligned:32)")
+    spec = size.split(":", 1)[1].lower()
+    try:
+        parts = [int(v) for v in spec.split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 2:
+        raise ExporterError(f"--output-size {size!r}: aligned:R or aligned:HxW with whole numbers >= 2 (e.g. aligned:32)")
+    grid = (parts[0], parts[-1])
+    if input_size is not None and (grid[0] > input_size[0] or grid[1] > input_size[1]):
+        raise ExporterError(f"--output-size {size}: the grid is larger than the {input_size[0]}x{input_size[1]} input")
+    return grid
+
+
+def cuts_resize(size: str) -> bool:
+    """Whether the contract cuts the final resize off the export graph (native and aligned:R)."""
+    return size != DEFAULT_SIZE
 
 
 def of(config) -> tuple[str, str]:
@@ -104,25 +137,70 @@ def strip(model, config):
         return model
     from exporter.keras import keras
 
-    out, cut = model.output, []
+    out, cut, resize = model.output, [], None
     for _ in range(2):  # an activation and a resize, in either order
         layer = out._keras_history.layer
         if activation == "none" and "activation" not in cut and _activation_of(layer):
             out = _without_activation(layer, keras)
             cut.append("activation")
-        elif size == "native" and "size" not in cut and _resizes_to_input(layer, config):
-            out = layer.input
+        elif cuts_resize(size) and "size" not in cut and _resizes_to_input(layer, config):
+            resize, out = layer, layer.input
             cut.append("size")
         else:
             break
-    if size == "native" and "size" not in cut:
+    if cuts_resize(size) and "size" not in cut:
         last = out._keras_history.layer
-        raise ExporterError(f"--output-size native: {config.name} does not end in a resize to the input resolution "
+        raise ExporterError(f"--output-size {size}: {config.name} does not end in a resize to the input resolution "
                             f"(its output comes from {type(last).__name__} {last.name!r}, already at "
                             f"{out.shape[1]}x{out.shape[2]}); use --output-size input")
     if not cut:  # --output-activation none on a model whose scores already are logits
         return model
+    grid = aligned_grid(size, config.input_size)
+    if grid is not None:
+        out = _aligned_resample(out, grid, config.input_size, getattr(resize, "align_corners", False), keras)
     return keras.Model(model.input, out, name=model.name)
+
+
+def resize_matrix(out: int, inp: int, align_corners: bool = False) -> np.ndarray:
+    """[out, inp]: one axis of TensorFlow's/TFLite's RESIZE_BILINEAR (half-pixel centres, or aligned
+    corners) as a matrix: row o holds the weights of the input samples output o interpolates."""
+    m = np.zeros((out, inp), np.float64)
+    for o in range(out):
+        if align_corners:
+            src = o * (inp - 1) / max(out - 1, 1)
+        else:
+            src = (o + 0.5) * inp / out - 0.5
+        lo_f = np.floor(src)
+        lo, hi = int(min(max(lo_f, 0), inp - 1)), int(min(max(np.ceil(src), 0), inp - 1))
+        t = src - lo_f
+        m[o, lo] += 1 - t
+        m[o, hi] += t
+    return m
+
+
+def aligned_map(grid: int, native: int, size: int, align_corners: bool = False) -> np.ndarray:
+    """[grid, native]: the fixed per-axis map from the decoder's `native` samples to `grid` values whose
+    aligned-corners upsample to `size` (the client's) is closest, in least squares, to the model's own
+    resize native -> size."""
+    client = resize_matrix(size, grid, align_corners=True)
+    return np.linalg.pinv(client) @ resize_matrix(size, native, align_corners)
+
+
+def _aligned_resample(x, grid, input_size, align_corners: bool, keras):
+    """[1, h, w, C] logits -> [1, R_h, R_w, C]: the per-axis `aligned_map`s as two bias-free Dense layers
+    (TFLite FULLY_CONNECTED; XNNPACK's int8 GEMM) over transposed axes (TRANSPOSE: data movement)."""
+    h, w = int(x.shape[1]), int(x.shape[2])
+    maps = (aligned_map(grid[1], w, input_size[1], align_corners),
+            aligned_map(grid[0], h, input_size[0], align_corners))
+    y = keras.layers.Permute((1, 3, 2), name="aligned_to_width")(x)  # [h, C, w]
+    dense = keras.layers.Dense(grid[1], use_bias=False, trainable=False, name="aligned_width")
+    y = dense(y)  # [h, C, R_w]
+    dense.set_weights([maps[0].T.astype(np.float32)])
+    y = keras.layers.Permute((3, 2, 1), name="aligned_to_height")(y)  # [R_w, C, h]
+    dense = keras.layers.Dense(grid[0], use_bias=False, trainable=False, name="aligned_height")
+    y = dense(y)  # [R_w, C, R_h]
+    dense.set_weights([maps[1].T.astype(np.float32)])
+    return keras.layers.Permute((3, 1, 2), name="aligned_grid")(y)  # [R_h, R_w, C]
 
 
 def _without_activation(layer, keras):
@@ -143,7 +221,10 @@ def describe(config, output_shape) -> dict:
     h, w = config.input_size
     oh, ow = int(output_shape[1]), int(output_shape[2])
     client = []
-    if (oh, ow) != (h, w):
+    if (oh, ow) != (h, w) and aligned_grid(size, None) is not None:
+        client.append(f"upsamples the {oh}x{ow} output to the image size (bilinear with aligned corners, as "
+                      "MediaPipe's ImageSegmenter does: the file resampled its logits for exactly that)")
+    elif (oh, ow) != (h, w):
         client.append(f"upsamples the {oh}x{ow} output to the image size (bilinear)")
     if activation == "none" and client_activation(config) != "NONE":
         client.append(f"applies {client_activation(config)} (declared in the metadata)")
