@@ -25,6 +25,7 @@ from exporter.errors import ExporterError
 from exporter.formats import artifact_name, variant
 from exporter.progress import say
 from exporter.stages.export import write_artifact
+from exporter.stages.measure import arm_files, gpu_files, per_class, time_files
 from exporter.stages.run import publish, staging_folder
 
 POLICY = "--from"  # exporter.policy's targets for foreign models
@@ -97,7 +98,7 @@ def convert_from(opts: ForeignOptions) -> dict:
                 arts += extra
             arts, bench = latency(opts, fm.contract, arts, val, staging)
             arts, arm = arm_cost(opts, arts, val, staging)
-            arts, gpu = gpu_run(opts, arts, val, staging)
+            arts, gpu = gpu_files(opts.bench.enabled and opts.bench.gpu, arts, staging, val.inputs)
             report = assemble(fm, opts, arts, ref, calib, val, data_info, staging,
                               {"benchmark": bench, "arm": arm, "gpu": gpu, "search": search}, started)
             from exporter.report import write_report
@@ -240,8 +241,6 @@ def accuracy(fm, artifacts: list[Artifact], val: Samples, ref: dict, staging: Pa
     """Held-out agreement with the original, largest probability difference, per-class IoU (against the
     masks, or against the reference's classes when there are none)."""
     from exporter.parity import evaluate
-    from exporter.stages.measure import per_class
-
     c = fm.contract
     truth = val.masks if val.masks is not None else ref["preds"]
     out = []
@@ -265,35 +264,13 @@ def accuracy(fm, artifacts: list[Artifact], val: Samples, ref: dict, staging: Pa
 # --- speed ----------------------------------------------------------------------------------------
 
 def latency(opts: ForeignOptions, contract, arts: list[Artifact], val: Samples, staging: Path):
-    bench = opts.bench
-    info = {"threads": list(bench.threads), "baseline": arts[0].file, "runs_per_variant": 0}
-    if not bench.enabled:
-        return arts, info
-    from exporter.bench import benchmark
-
-    say(f"benchmarking {len(arts)} artifacts at {', '.join(map(str, bench.threads))} thread(s)")
     # ONNX Runtime's runner lays an NCHW input out itself (exporter.runtimes.OnnxRunner): NHWC for it.
     nhwc = val.inputs[:1].transpose(0, 2, 3, 1) if contract.channels_first else val.inputs[:1]
-    feeds = {a.file: (nhwc if a.format == "onnx" else val.inputs[:1]) for a in arts}
-    times = benchmark({a.file: staging / a.file for a in arts}, feeds, threads=bench.threads)
-    info["runs_per_variant"] = next(iter(next(iter(times.values())).values()))["runs"]
-    return [a.measured(latency_ms={str(t): {**v, "threads": t} for t, v in times[a.file].items()}) for a in arts], info
+    return time_files(opts.bench, arts, staging, {a.file: (nhwc if a.format == "onnx" else val.inputs[:1]) for a in arts})
 
 
 def arm_cost(opts: ForeignOptions, arts: list[Artifact], val: Samples, staging: Path):
-    from exporter.arm.cost_stage import measure_arm
-
-    cores = opts.bench.arm if opts.bench.enabled else ()
-    per_file, top = measure_arm([a.to_json() for a in arts], staging, _AsModelInputs(val), cores)
-    return [a.measured(arm=per_file[a.file]) if a.file in per_file else a for a in arts], top
-
-
-def gpu_run(opts: ForeignOptions, arts: list[Artifact], val: Samples, staging: Path):
-    from exporter.gpu.stage import measure_gpu
-
-    per_file, top = measure_gpu([a.to_json() for a in arts], staging, val.inputs,
-                                enabled=opts.bench.enabled and opts.bench.gpu)
-    return [a.measured(gpu=per_file[a.file]) if a.file in per_file else a for a in arts], top
+    return arm_files(opts.bench.arm if opts.bench.enabled else (), arts, staging, _AsModelInputs(val))
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -303,8 +280,6 @@ def assemble(fm, opts: ForeignOptions, arts: list[Artifact], ref: dict, calib: S
     from exporter import environment
     from exporter.gpu.runner import gpu_runtime_check
     from exporter.recommend import judged
-    from exporter.stages.measure import per_class
-
     c = fm.contract
     records = [a.to_json() for a in arts]
     has_masks = val.masks is not None

@@ -52,14 +52,18 @@ def accuracy(run: Run, artifacts: list[Artifact], ref: dict) -> list[Artifact]:
 
 def latency(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
     """Every file timed in the same run at each thread count; (records, the report's "benchmark")."""
-    bench = run.opts.bench
+    return time_files(run.opts.bench, artifacts, run.staging, run.val.images[:1])
+
+
+def time_files(bench, artifacts: list[Artifact], staging, feeds) -> tuple[list[Artifact], dict]:
+    """latency() for any flow: `feeds` one input batch for every file, or {file: its batch}."""
     info = {"threads": list(bench.threads), "baseline": artifacts[0].file, "runs_per_variant": 0}
     if not bench.enabled:
         return artifacts, info
     from exporter.bench import benchmark
 
     say(f"benchmarking {len(artifacts)} artifacts at {', '.join(map(str, bench.threads))} thread(s)")
-    times = benchmark({a.file: run.staging / a.file for a in artifacts}, run.val.images[:1], threads=bench.threads)
+    times = benchmark({a.file: staging / a.file for a in artifacts}, feeds, threads=bench.threads)
     info["runs_per_variant"] = next(iter(next(iter(times.values())).values()))["runs"]
     return [a.measured(latency_ms={str(t): {**v, "threads": t} for t, v in times[a.file].items()})
             for a in artifacts], info
@@ -68,19 +72,23 @@ def latency(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
 def arm_cost(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
     """Each TFLite file's instructions per inference on the emulated ARM cores (exporter.arm);
     (records, the report's top-level "arm_run" or "arm_status")."""
+    return arm_files(run.opts.bench.arm, artifacts, run.staging, run.val)
+
+
+def arm_files(cores, artifacts: list[Artifact], staging, samples) -> tuple[list[Artifact], dict]:
+    """arm_cost() for any flow: `samples` has the model's input batch as `.images`."""
     from exporter.arm.cost_stage import measure_arm
 
-    per_file, top = measure_arm([a.to_json() for a in artifacts], run.staging, run.val, run.opts.bench.arm)
+    per_file, top = measure_arm([a.to_json() for a in artifacts], staging, samples, cores)
     return [a.measured(arm=per_file[a.file]) if a.file in per_file else a for a in artifacts], top
 
 
 def gpu(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
     """Each TFLite file on LiteRT's GPU accelerator in a child process (exporter.gpu.stage), and the
     float graph's fp16 simulation beside it; (records, the report's "gpu_run" or "gpu_status")."""
-    from exporter.gpu.stage import SAMPLES, measure_gpu
+    from exporter.gpu.stage import SAMPLES
 
-    per_file, top = measure_gpu([a.to_json() for a in artifacts], run.staging, run.val.images,
-                                enabled=run.opts.bench.enabled and run.opts.bench.gpu)
+    artifacts, top = gpu_files(run.opts.bench.enabled and run.opts.bench.gpu, artifacts, run.staging, run.val.images)
     if "gpu_run" in top:
         from exporter.gpu.fp16_sim import simulate
 
@@ -88,6 +96,14 @@ def gpu(run: Run, artifacts: list[Artifact]) -> tuple[list[Artifact], dict]:
         if "agreement_with_float32" in sim and sim["agreement_with_float32"] is not None:
             say(f"GPU: fp16 simulation of the float graph: agreement with float32 "
                 f"{100 * sim['agreement_with_float32']:.3f}%, max |Δ| {sim['max_abs_diff']:.3g}")
+    return artifacts, top
+
+
+def gpu_files(enabled: bool, artifacts: list[Artifact], staging, inputs) -> tuple[list[Artifact], dict]:
+    """The GPU run for any flow, on the model's input batch `inputs`."""
+    from exporter.gpu.stage import measure_gpu
+
+    per_file, top = measure_gpu([a.to_json() for a in artifacts], staging, inputs, enabled=enabled)
     return [a.measured(gpu=per_file[a.file]) if a.file in per_file else a for a in artifacts], top
 
 
