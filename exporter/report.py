@@ -263,7 +263,9 @@ def _qat_section(report: dict, q: dict, threads: list, files: dict) -> list[str]
         return lines
     t = q["qat"]
     lines += ["## Quantisation-aware training", "",
-              f"tfmot QAT from the trained float model: {t['epochs']} epoch(s) at learning rate "
+              "tfmot QAT from the trained float model"
+              + (" on its export graph (the post-training file's graph rewrites)" if t.get("graph") == "export" else "")
+              + f": {t['epochs']} epoch(s) at learning rate "
               f"{t['learning_rate']:g}, batch {t['batch_size']}, {t['training_samples']} training samples "
               f"fitted to {t.get('targets', 'the ground-truth masks')} "
               f"(loss per epoch: {', '.join(f'{x:.4f}' for x in t['losses'])}); activation ranges started "

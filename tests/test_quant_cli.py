@@ -130,12 +130,17 @@ def test_unquantised_layers_are_listed_with_reasons(qat_run):
     files = int8_files(report)
     assert unq[files["ptq"]["file"]] == []
     qat_rows = {r["layer"]: r for r in unq[files["qat"]["file"]]}
-    assert {"up0_bn", "up1_bn", "up2_bn"} <= set(qat_rows)  # folded into the transposed convs
+    # QAT fine-tunes the export graph: the decoder BNs are already in its phase convs (no up*_bn),
+    # MobileNetV2's zero paddings (range-preserving) are all that has no quantizer of its own.
+    assert report["quantisation"]["qat"]["graph"] == "export"
+    assert qat_rows and {r["cls"] for r in qat_rows.values()} == {"ZeroPadding2D"}, qat_rows
     assert all(r["reason"] for r in qat_rows.values())
     records = {r["layer"]: r for r in report["quantisation"]["qat"]["layers"]}
     assert set(qat_rows) == {name for name, r in records.items() if not r["quantised"]}
+    assert not [name for name in records if name.endswith("_bn")]
     md = (folder / "report.md").read_text()
-    assert "## Layers left unquantised" in md and "up0_bn (BatchNormalization): folded exactly into up0_deconv" in md
+    assert "## Layers left unquantised" in md and "block_1_pad (ZeroPadding2D): " in md
+    assert "tfmot QAT from the trained float model on its export graph" in md
 
 
 def test_per_layer_errors_are_measured_on_heldout_samples(qat_run):

@@ -355,22 +355,29 @@ def test_mediapipe_segmenter_loads_it_and_agrees_with_litert(built, files, preci
 
 @pytest.mark.slow
 def test_wraps_for_qat_with_a_reason_per_layer(built):
-    """QAT (the --qat path) accepts the architecture: every layer is accounted for, whatever stays
+    """QAT (the --qat path: the EXPORT graph, so the QAT file gets the same rewrites as the
+    post-training one) accepts the architecture: every layer is accounted for, whatever stays
     unquantised is named with a reason, nothing is left out of QAT (treatment "float"), folded BNs
-    are among the unquantised, and the wrapped model still maps pixels to per-class scores."""
+    are among the unquantised, the wrapped model still maps pixels to per-class scores, and its
+    batch-1 rebuild (what to_int8_tflite converts) is the same model weight for weight."""
     import tensorflow_model_optimization as tfmot
 
-    from exporter.qat import qat_model
+    from exporter.qat import export_graph_qat_model, export_qat_model
 
-    config, model, _ = built
+    config, model, fixed = built
     annotated = tfmot.quantization.keras.quantize_annotate_model(model)
     assert len(annotated.layers) == len(model.layers)
-    qat = qat_model(model, config)
+    qat = export_graph_qat_model(model, config)
     info = qat.qat_info
-    assert {r.layer for r in info.layers} == {layer.name for layer in model.layers}
+    assert info.graph == "export"
+    assert {r.layer for r in info.layers} == {layer.name for layer in fixed.layers} | {f["bn"] for f in info.folded}
     assert all(r.reason for r in info.layers)
     assert [r.layer for r in info.layers if r.treatment == "float"] == []
     assert {r["layer"] for r in info.unquantised} >= {f["bn"] for f in info.folded}
     assert sum(r.quantizers for r in info.layers) > 0
     x = pixels(config, seed=4)
-    assert qat(x, training=False).shape == (1, *config.input_size, config.num_classes)
+    scores = qat(x, training=False).numpy()
+    assert scores.shape == (1, *config.input_size, config.num_classes)
+    rebuilt = export_qat_model(qat, config)
+    assert rebuilt.input_shape == (1, *config.input_size, 3)
+    assert np.abs(rebuilt(x, training=False).numpy() - scores).max() < 1e-5

@@ -15,21 +15,19 @@ def input_spec(config):
     return tf.TensorSpec((1, h, w, 3), tf.float32, name=INPUT_NAME)
 
 
-def export_model(model, config):
+def export_model(model, config, batch_size: int | None = 1):
     """A batch-1 rebuild of `model` with the same weights (so every reshape sees batch 1).
 
     An architecture may export an equivalent, faster graph (`ArchSpec.export_options` and
     `export_weights`, e.g. SegFormer's folded decoder); the function computed stays the same.
     The config's output contract (exporter.output_contract: logits out, the decoder's resolution)
-    is applied here and nowhere else.
+    is applied here and nowhere else. `batch_size=None`: the same graph at any batch, for
+    fine-tuning it (QAT trains the export graph, exporter.qat.export_graph_qat_model).
     """
-    import dataclasses
-
-    from architectures import build, get_spec
+    from architectures import get_spec
 
     spec = get_spec(config.name)
-    export_config = dataclasses.replace(config, batch_size=1, options={**config.options, **spec.export_options})
-    fixed = build(export_config)
+    fixed = _export_build(config, batch_size)
     if spec.export_weights is not None:
         spec.export_weights(model, fixed)
     else:
@@ -37,6 +35,23 @@ def export_model(model, config):
     from exporter.output_contract import strip
 
     return strip(fixed, config)
+
+
+def export_graph(config, batch_size: int | None = 1):
+    """The export graph of `config` (export options, output contract) with its builder's initial
+    weights: the structure `export_model` fills, for rebuilding a model whose weights come later."""
+    from exporter.output_contract import strip
+
+    return strip(_export_build(config, batch_size), config)
+
+
+def _export_build(config, batch_size):
+    import dataclasses
+
+    from architectures import build, get_spec
+
+    spec = get_spec(config.name)
+    return build(dataclasses.replace(config, batch_size=batch_size, options={**config.options, **spec.export_options}))
 
 
 def concrete_function(model, config):

@@ -45,15 +45,17 @@ def qat_files(run: Run) -> tuple[list[Artifact], dict]:
 
 def _qat_int8(run: Run) -> tuple[bytes, dict]:
     """QAT from the trained float model: fine-tune at a low learning rate, convert to int8."""
-    from exporter.qat import fine_tune, qat_model, to_int8_tflite
+    from exporter.qat import export_graph_qat_model, fine_tune, to_int8_tflite
 
     opts, spec, config, splits, model, calib = run.opts.quant, run.spec, run.config, run.splits, run.model, run.calib
     schedule = run.opts.schedule
     lr = opts.qat_lr if opts.qat_lr is not None else spec.learning_rate * QAT_LR_FRACTION
     say(f"quantisation-aware training (tfmot): {opts.qat_epochs} epoch(s) at learning rate {lr:g} "
-        f"on {len(splits.train)} training samples toward {QAT_TARGETS[opts.qat_targets]}, from the trained float model")
+        f"on {len(splits.train)} training samples toward {QAT_TARGETS[opts.qat_targets]}, on the trained float model's export graph")
     t0 = time.time()
-    qat = qat_model(model, config)
+    # The export graph is fine-tuned (the same rewrites as the post-training file); the trained
+    # float model, which computes the same function, is the teacher.
+    qat = export_graph_qat_model(model, config)
     losses = fine_tune(qat, splits, spec, epochs=opts.qat_epochs, learning_rate=lr,
                        batch_size=schedule.batch_size, seed=schedule.seed, calibration_samples=len(calib),
                        teacher=model if opts.qat_targets == "float" else None,
@@ -72,6 +74,7 @@ def _qat_int8(run: Run) -> tuple[bytes, dict]:
         "ranges_calibrated_on": info["ranges_calibrated_on"],
         "range_percentile": info["range_percentile"],
         "frozen_batchnorms": info["frozen_batchnorms"],
+        "graph": info["graph"],
         "folded_batchnorms": info["folded"],
         "layers": info["layers"],
         "onnx": QAT_ONNX_NOTE,
