@@ -142,6 +142,17 @@ def build_model(input_shape, classes=6):
     return tf.keras.Model(inputs=inputs, outputs=output11)
 
 
+# The forms the user's code saves, by the name each is written under in OUT (ckpt_folder, written by the
+# ModelCheckpoint callback during fit, is always there).
+FORMS = {
+    "Lips.ckpt": lambda model, path: model.save_weights(path),
+    "weights.h5": lambda model, path: model.save_weights(path),
+    "model.h5": lambda model, path: model.save(path),
+    "model.keras": lambda model, path: model.save(path),
+    "savedmodel": lambda model, path: model.save(path),
+}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model", choices=["unet", "vit"])
@@ -152,6 +163,9 @@ def main():
     parser.add_argument("--images", required=True, help="npz: train_x, train_y (uint8), eval_x")
     parser.add_argument("--fine-tune", action="store_true", help="UNet: train the encoder too (down_stack.trainable)")
     parser.add_argument("--encoder-weights", help="UNet: a pretrained MobileNetV2 (no top) weights file")
+    parser.add_argument("--forms", default=",".join(FORMS),
+                        help="which of the saved forms to write (default: all); a test that converts one form "
+                             "saves only that one (the SavedModel export alone takes many seconds)")
     args = parser.parse_args()
     tf.keras.utils.set_random_seed(0)
     data = np.load(args.images)
@@ -169,11 +183,10 @@ def main():
     x = data["train_x"].astype("float32") / 255.0  # the tutorial's normalize(): x / 255
     model.fit(x, data["train_y"], batch_size=8 if args.model == "unet" else 1, epochs=args.epochs, verbose=0,
               callbacks=[callback])
-    model.save_weights(os.path.join(args.out, "Lips.ckpt"))
-    model.save_weights(os.path.join(args.out, "weights.h5"))
-    model.save(os.path.join(args.out, "model.h5"))
-    model.save(os.path.join(args.out, "model.keras"))
-    model.save(os.path.join(args.out, "savedmodel"))
+    forms = args.forms.split(",")
+    assert set(forms) <= set(FORMS), forms
+    for form in forms:
+        FORMS[form](model, os.path.join(args.out, form))
     scores = model.predict(data["eval_x"].astype("float32") / 255.0, batch_size=1, verbose=0)
     probs = tf.nn.softmax(scores).numpy() if args.model == "unet" else scores
     np.savez(os.path.join(args.out, "reference.npz"), probs=probs)
