@@ -39,6 +39,9 @@ class ArchSpec:
     # Default: the same options, weights copied as they are.
     export_options: dict = dataclasses.field(default_factory=dict)
     export_weights: Callable | None = None
+    # Optional: export options for one TFLite precision's file only ({precision: options}), on top of
+    # `export_options`: a form of the same function that precision's kernels need (SegFormer's int16x8).
+    precision_export_options: dict = dataclasses.field(default_factory=dict)
     # Training defaults that suit this architecture on the synthetic data.
     learning_rate: float = 1e-3
     # Optional: encoder_layers(model) -> the layers of a (pretrained) encoder, which

@@ -220,6 +220,23 @@ class MatMul(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="segexport")
+class CenteredLayerNormalization(keras.layers.LayerNormalization):
+    """LayerNormalization (last axis, same weights) computed as `d = x - mean(x)`,
+    `d * rsqrt(mean(d * d) + eps) * gamma + beta`: the same function in float.
+
+    Keras's own form becomes MEAN, SQUARED_DIFFERENCE, ..., `x * s + (beta - mean * s)` in TFLite,
+    and LiteRT has no int16 SQUARED_DIFFERENCE kernel, so an int16x8 file of it does not run; this
+    form is SUB, MUL, MEAN, ADD, RSQRT, MUL, ADD, all with int16 kernels, and never subtracts two
+    large products. Export graphs use it where a precision asks (SegFormer's int16x8 file).
+    """
+
+    def call(self, x):
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+        d = x - mean
+        var = tf.reduce_mean(d * d, axis=-1, keepdims=True)
+        return d * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
+
+
 class ExactGelu(keras.layers.Layer):
     """GELU with the exact erf form, `0.5 * x * (1 + erf(x / sqrt(2)))`, as PyTorch's default.
 

@@ -13,6 +13,10 @@ imports exactly (`architectures.segformer_hf`):
   concatenation (deepest stage first), 1x1 conv without bias, BatchNorm, ReLU, dropout, a 1x1
   classifier; then bilinear upsampling to the input size (half-pixel centres, as PyTorch's
   interpolate with align_corners=False).
+- LayerNorm form (`layer_norm`): "keras" (LayerNormalization), or "centered"
+  (`layers.CenteredLayerNormalization`, the same function as SUB, MUL, MEAN, ADD, RSQRT, MUL, ADD:
+  ops with int16 kernels), which the int16x8 file's export graph uses (`precision_export_options`):
+  Keras's form has a SQUARED_DIFFERENCE, which LiteRT runs in float and int32 only.
 - Exported decoder (`decoder="folded"`, what `export_model` builds): the same function with the
   fuse conv folded into each stage's Dense. A 1x1 conv commutes with bilinear upsampling (both
   linear, the resize weights sum to 1) and a concat followed by a 1x1 conv is a sum of per-input
@@ -89,12 +93,30 @@ def resolve_sizes(options: dict) -> dict:
     return sizes
 
 
+class _Layers:
+    """keras.layers with another LayerNormalization (the `layer_norm` option)."""
+
+    def __init__(self, base, layer_norm):
+        self._base, self.LayerNormalization = base, layer_norm
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
+
+
+LAYER_NORMS = ("keras", "centered")
+
+
 def build_segformer(config):
-    from architectures.layers import normalise_pixels, pixel_input
+    from architectures.layers import CenteredLayerNormalization, normalise_pixels, pixel_input
     from exporter.keras import keras
 
     sizes = resolve_sizes(config.options)
     layers = keras.layers
+    layer_norm = config.options.get("layer_norm") or "keras"
+    if layer_norm not in LAYER_NORMS:
+        raise ValueError(f"segformer has no layer_norm {layer_norm!r}; choose one of {', '.join(LAYER_NORMS)}")
+    if layer_norm == "centered":
+        layers = _Layers(keras.layers, CenteredLayerNormalization)
     inputs = pixel_input(config)
     x = normalise_pixels(inputs, config)  # (x / 255 - ImageNet mean) / ImageNet std by default
 
@@ -258,8 +280,12 @@ register(
         output="logits",
         min_input=32,
         input_multiple=32,
-        options={"variant": "b0", "decoder": "reference", **{field: None for field in SIZE_FIELDS}},
+        options={"variant": "b0", "decoder": "reference", "layer_norm": "keras",
+                 **{field: None for field in SIZE_FIELDS}},
         export_options={"decoder": "folded"},
+        # int16x8: every LayerNorm without SQUARED_DIFFERENCE (no int16 kernel in LiteRT). Trained bench
+        # model, 500 held-out samples: the full-int16 file meets the gate (docs/arm.md).
+        precision_export_options={"int16x8": {"layer_norm": "centered"}},
         export_weights=fold_decoder_weights,
         config_from_weights=_config_from_weights,
         load_weights=_load_weights,

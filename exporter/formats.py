@@ -29,6 +29,7 @@ class Variant:
     accuracy_gate: bool = False  # held to the model's int8 targets (exporter.policy)
     gpu_candidate: bool = False  # float kernels: checked for GPU-delegate compatibility
     integer_io: bool = False  # takes --io: uint8/int8 pixels in and scores out (full-integer files)
+    full_integer: bool = False  # every op computes in integers (int8 or int16 activations): checked for float ops
     # TFLite recipe: configure(converter, tf, io) sets the converter's options for this precision;
     # convert(converter, calibration_images, io, range_percentile) replaces converter.convert().
     configure: Callable | None = None
@@ -118,9 +119,9 @@ def _rows() -> None:
                                           "depthwise weights float, which XNNPACK runs)", accuracy_gate=True,
                      configure=r.configure_dynamic, convert=r.convert_dynamic, cli_flag="dynamic"))
     register(Variant("tflite", "int8", "full-integer: int8 weights and activations", calibrated=True,
-                     accuracy_gate=True, integer_io=True, configure=r.configure_int8, convert=r.convert_int8, cli_flag="int8"))
-    register(Variant("tflite", "int16x8", "int8 weights, int16 activations", calibrated=True,
-                     configure=r.configure_int16x8, cli_flag="int16x8"))
+                     accuracy_gate=True, integer_io=True, full_integer=True, configure=r.configure_int8, convert=r.convert_int8, cli_flag="int8"))
+    register(Variant("tflite", "int16x8", "int8 weights, int16 activations (float32 I/O)", calibrated=True,
+                     accuracy_gate=True, full_integer=True, configure=r.configure_int16x8, cli_flag="int16x8"))
     register(Variant("onnx", "float32", "float32 ONNX (tf2onnx, opset 17)", method="none"))
     register(Variant("onnx", "int8", "int8 QDQ ONNX (ONNX Runtime static quantisation)", calibrated=True))
 

@@ -164,7 +164,7 @@ def checks(report: dict) -> list[dict]:
         _arm_agreement_check(out, report, art)
         # Full-integer files only: float ops and float weights are what --keep-float's file and
         # the dynamic-range file are made of.
-        if art.get("role") not in (SELECTIVE, PEER) and variant("tflite", art["precision"]).integer_io:
+        if art.get("role") not in (SELECTIVE, PEER) and variant("tflite", art["precision"]).full_integer:
             _content_checks(out, report, art)
         _host_latency_info(out, report, art)
     if gated:

@@ -24,8 +24,8 @@ def tflite_files(run: Run) -> list[Artifact]:
         row = variant("tflite", precision)
         say(f"converting to TFLite {precision}" + (
             f" (post-training, {len(run.calib)} calibration samples)" if row.calibrated else ""))
-        blob = to_tflite(run.fixed, run.config, precision, run.calib.images, io=q.io, per_tensor=q.per_tensor,
-                         range_percentile=q.range_percentile)
+        blob = to_tflite(precision_graph(run, precision), run.config, precision, run.calib.images, io=q.io,
+                         per_tensor=q.per_tensor, range_percentile=q.range_percentile)
         facts = {"weight_scales": weight_scales(q.per_tensor)} if row.calibrated else {}
         if row.integer_io:
             facts["io"] = q.io
@@ -35,6 +35,21 @@ def tflite_files(run: Run) -> list[Artifact]:
         name = artifact_name(run.name, precision, role="ptq" if role else None)
         out.append(write_tflite(run, blob, name, precision, row.method, facts, role=role))
     return out
+
+
+def precision_graph(run: Run, precision: str):
+    """The export graph one precision's file is converted from: the run's, or the same function in the
+    form the architecture's `precision_export_options` gives that precision (e.g. SegFormer's
+    int16x8 LayerNorms; architectures.ArchSpec)."""
+    extra = run.spec.precision_export_options.get(precision)
+    if not extra:
+        return run.fixed
+    import dataclasses
+
+    from exporter.convert.signature import export_model
+
+    say(f"{precision}: export graph with {', '.join(f'{k}={v}' for k, v in extra.items())}")
+    return export_model(run.model, dataclasses.replace(run.config, options={**run.config.options, **extra}))
 
 
 def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, facts: dict,
