@@ -69,3 +69,31 @@ def test_segformer_int16x8_through_the_cli(run_cli, tmp_path):
     mine = {c["name"].split(": ", 1)[1]: c for c in report["checks"] if c.get("file") == art["file"]}
     assert mine["no float op inside"]["passed"] is True
     assert any(c.get("accuracy_gate") for c in mine.values())
+
+
+def test_aeq_minmax_ranges_hold_every_calibration_value():
+    """AI Edge Quantizer's own ranges are a moving average of each sample's min/max: one wide sample
+    among narrow ones saturates; ranges="minmax" holds it (exporter.convert.aeq)."""
+    from architectures.importers.foreign.tflite_float import fix_float_tflite
+    from exporter.convert.aeq import quantise_tflite
+    from exporter.errors import ExporterError
+    from exporter.keras import keras, tf
+
+    inputs = keras.Input((8, 8, 3), batch_size=1)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="conv")(inputs))
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    blob, _ = fix_float_tflite(blob, "tiny.tflite")
+    calibration = np.full((20, 8, 8, 3), 0.5, np.float32)
+    calibration[0] = 50.0  # the first sample is 100x wider than the rest
+
+    def input_scale(ranges):
+        from ai_edge_litert.interpreter import Interpreter
+
+        q = quantise_tflite(blob, "int8", calibration, ranges=ranges)
+        details = Interpreter(model_content=q).get_tensor_details()
+        return max(d["quantization"][0] for d in details if d["dtype"] == np.int8 and d["shape"].tolist() == [1, 8, 8, 3])
+
+    # asymmetric int8 activations: 255 steps over [0, max]
+    assert input_scale("minmax") * 255 >= 49.9 > 2 * input_scale("moving_average") * 255
+    with pytest.raises(ExporterError, match="ranges"):
+        quantise_tflite(blob, "int8", calibration, ranges="percentile")
