@@ -19,10 +19,13 @@ ARTIFACT_KEYS = {"file", "format", "precision", "method", "bytes", "latency_ms",
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
+    # 160 training scenes x 4 epochs: the float model reaches a held-out mIoU near 0.95 (the check is
+    # > 0.6), so int8 parity is measured on a model that segments. No per-layer error table: nothing
+    # here reads it (test_quant_cli checks it through the CLI).
     opts = ConvertOptions(model="unet", precisions=("float32", "int8"), out=out, bench=BenchSpec(threads=(1,)),
-                          data=DataSpec(input_size=64, train_samples=240, val_samples=40),
-                          schedule=Schedule(epochs=4, batch_size=16), quant=QuantSpec(calibration_samples=64),
-                          command="pytest")
+                          data=DataSpec(input_size=64, train_samples=160, val_samples=40),
+                          schedule=Schedule(epochs=4, batch_size=16),
+                          quant=QuantSpec(calibration_samples=64, layer_errors=0), command="pytest")
     return out, opts, convert(opts)
 
 
@@ -87,7 +90,8 @@ def test_arm_cost_and_recommended_files(unet_run):
         pytest.skip(reason)
     assert "arm_status" not in report and set(report["arm_run"]["cores"]) == set(arm_env.CORES)
     for art in tflite:
-        assert set(art["arm"]) == set(arm_env.CORES), art["arm"]
+        # Peer files on the A76 only (their table compares A76 instructions).
+        assert set(art["arm"]) == ({"cortex-a76"} if art.get("role") == "peer" else set(arm_env.CORES)), art["arm"]
         for core, e in art["arm"].items():
             print(f"\n{art['file']} on {core}: {e}")
             assert {"instructions", "dot_instructions", "fma_instructions", "agreement_with_host", "ratio_to_float32",

@@ -60,6 +60,15 @@ def samples_for(art: dict) -> int:
     return FLOAT_SAMPLES if art["precision"] in FLOAT_PRECISIONS else QUANTISED_SAMPLES
 
 
+def _cores_for(art: dict, cores: tuple) -> tuple:
+    """A peer file (exporter.stages.peers) on the speed check's core only, where it is measured: the
+    peers table compares A76 instructions, and each peer core is a minute of emulation in `make test`."""
+    from exporter.formats import PEER
+    from exporter.policy import ARM_CORE
+
+    return (ARM_CORE,) if art.get("role") == PEER and ARM_CORE in cores else cores
+
+
 def measure_arm(artifacts: list[dict], folder: Path, val, cores) -> tuple[dict, dict]:
     """({TFLite file: {core: entry}}, {"arm_run": ...} or {"arm_status": reason}); the artifacts
     (report entries: file, format, precision, bytes, float_ops) are only read."""
@@ -77,7 +86,7 @@ def measure_arm(artifacts: list[dict], folder: Path, val, cores) -> tuple[dict, 
     for art in files:
         n = min(samples_for(art), len(val))
         raw, host, detail = _host_reference(Path(folder) / art["file"], val.images[:n])
-        for core in cores:
+        for core in _cores_for(art, cores):
             jobs.append((art, core, raw, host, detail))
     # Slowest first (float kernels, then larger files), so the last job to finish is a short one.
     jobs.sort(key=lambda j: (j[0]["precision"] not in FLOAT_PRECISIONS, not j[0].get("float_ops"), -j[0]["bytes"]))
