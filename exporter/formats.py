@@ -18,6 +18,10 @@ SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 ALTERNATIVE = "alternative"  # measured beside the shipped file of the same precision; reported, not gated
 SELECTIVE = "selective"  # int8 with layers kept float (--keep-float)
 PEER = "peer"  # what another tool makes of the same float file (exporter.stages.peers); reported, never recommended
+# Under a non-default output contract (exporter.output_contract): the float32 file of the DEFAULT contract
+# (the model as trained, final resize and activation in it), MODEL_float32_default_contract.tflite. The
+# speed check's baseline (exporter.policy.speed_baseline); measured, never recommended.
+CONTRACT_BASELINE = "default_contract"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,11 @@ def recipe_name(model: str) -> str:
 def baseline_name(model: str, fmt: str = "tflite") -> str:
     """The float32 file every ratio and agreement is measured against."""
     return artifact_name(model, "float32", fmt)
+
+
+def contract_baseline_name(model: str) -> str:
+    """The default contract's float32 file a non-default-contract run writes beside its own (CONTRACT_BASELINE)."""
+    return artifact_name(model, "float32", role=CONTRACT_BASELINE)
 
 
 def parse_precisions(spec: str | None, flags: dict[str, bool] | None = None) -> tuple[str, ...]:

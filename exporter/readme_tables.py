@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from exporter.formats import artifact_name
-from exporter.policy import ARM_CORE, rival_label  # numpy only, no TensorFlow
+from exporter.policy import ARM_CORE, rival_label, speed_ratio  # numpy only, no TensorFlow
 
 BEGIN = "<!-- reports-table -->"
 END = "<!-- /reports-table -->"
@@ -77,8 +77,9 @@ def _row(report: dict) -> list[str]:
     float32 = _file(report, artifact_name(model, "float32")) or {}
     int8 = _file(report, artifact_name(model, "int8"))
     recommended = (report.get("recommended") or {}).get("cpu")
-    # The speed check's ratio: float32 over the recommended CPU file (an int8 or a dynamic-range file).
-    ratio = ((_file(report, recommended) or {}).get("arm") or {}).get(ARM_CORE, {}).get("ratio_to_float32")
+    # The speed check's ratio: float32 (exporter.policy.speed_baseline: the model as trained) over the
+    # recommended CPU file (an int8 or a dynamic-range file).
+    ratio = speed_ratio(report, recommended) if recommended else None
     return [
         f"`{model}`",
         f"{size}, {heldout if heldout is not None else ABSENT}",

@@ -13,7 +13,7 @@ fully GPU-delegate compatible, else float32, and the basis says it is the static
 from __future__ import annotations
 
 from exporter.delegates import gpu_runtime, static_verdict
-from exporter.formats import PEER
+from exporter.formats import CONTRACT_BASELINE, PEER
 from exporter.policy import ARM_CORE, checks, gate, meets_gate, policy_of
 
 GPU_CPU_AGREEMENT = 0.999  # GPU vs CPU argmax agreement below which the CPU-measured accuracy is not the GPU's
@@ -27,8 +27,9 @@ def judged(report: dict) -> dict:
 
 
 def recommend(report: dict, checks: list[dict]) -> dict:
-    # A peer file (another tool's, exporter.stages.peers) is measured for comparison, never shipped.
-    arts = [a for a in report["artifacts"] if a["format"] == "tflite" and a.get("role") != PEER]
+    # A peer file (another tool's, exporter.stages.peers) is measured for comparison, never shipped; nor
+    # is the default contract's float32 file of a run under another output contract (the speed baseline).
+    arts = [a for a in report["artifacts"] if a["format"] == "tflite" and a.get("role") not in (PEER, CONTRACT_BASELINE)]
     float32 = next((a for a in arts if a["precision"] == "float32"), arts[0] if arts else None)
     if float32 is None:
         return {"cpu": None, "gpu": None, "cpu_basis": "no TFLite file", "gpu_basis": "no TFLite file"}

@@ -114,7 +114,11 @@ def to_markdown(report: dict, figure: str | None) -> str:
         h, w = contract["output_shape"][:2]
         lines += [f"Output contract: {contract['output']} at {h}×{w} (`--output-activation {contract['activation']} "
                   f"--output-size {contract['size']}`); the client {contract['client']}. Agreement is measured "
-                  f"{contract['agreement_measured']}.", ""]
+                  f"{contract['agreement_measured']}."]
+        from exporter.policy import speed_baseline
+
+        base, why = speed_baseline(report)
+        lines += [f"Speed baseline: `{base}`, {why}.", ""]
     lines += [f"Command: `{report['command']}`", ""] if report.get("command") else []
     if report.get("refreshed"):
         lines += [f"Checks and recommendation recomputed from these measurements on {report['refreshed']['date']} "

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from exporter.artifacts import Artifact, write_bytes
 from exporter.errors import ConversionError
-from exporter.formats import ALTERNATIVE, artifact_name, variant
+from exporter.formats import ALTERNATIVE, CONTRACT_BASELINE, artifact_name, contract_baseline_name, variant
 from exporter.progress import say
 from exporter.stages.run import Run
 
@@ -34,7 +34,32 @@ def tflite_files(run: Run) -> list[Artifact]:
         role = ALTERNATIVE if (precision == "int8" and q.int8_rivals) else None
         name = artifact_name(run.name, precision, role="ptq" if role else None)
         out.append(write_tflite(run, blob, name, precision, row.method, facts, role=role))
+        if precision == "float32":
+            out += contract_baseline_files(run)
     return out
+
+
+def contract_baseline_files(run: Run) -> list[Artifact]:
+    """Under a non-default output contract: [the DEFAULT contract's float32 file] (the model as trained,
+    final resize and activation in it; role CONTRACT_BASELINE), the speed check's baseline
+    (exporter.policy.speed_baseline): a ratio against the run's own float32 file would credit the file
+    with only what the contract's rewrite saves over a float graph already without the resize. Measured
+    like every file, never recommended. Nothing under the default contract."""
+    import dataclasses
+
+    from exporter import output_contract
+    from exporter.convert.signature import export_model
+    from exporter.convert.tflite import to_tflite
+
+    if output_contract.is_default(run.config):
+        return []
+    config = output_contract.default_of(run.config)
+    extra = run.spec.precision_export_options.get("float32")
+    graph_config = dataclasses.replace(config, options={**config.options, **extra}) if extra else config
+    say("converting to TFLite float32 under the default output contract (the speed check's baseline)")
+    blob = to_tflite(export_model(run.model, graph_config), config, "float32", None)
+    return [write_tflite(run, blob, contract_baseline_name(run.name), "float32", "none", {},
+                         role=CONTRACT_BASELINE, config=config)]
 
 
 def precision_graph(run: Run, precision: str):
@@ -53,12 +78,13 @@ def precision_graph(run: Run, precision: str):
 
 
 def write_tflite(run: Run, blob: bytes, name: str, precision: str, method: str, facts: dict,
-                 role: str | None = None) -> Artifact:
-    """The blob with MediaPipe metadata, written to staging, as a record with its TFLite facts."""
+                 role: str | None = None, config=None) -> Artifact:
+    """The blob with MediaPipe metadata (of `config`'s contract, default the run's), written to staging,
+    as a record with its TFLite facts."""
     from exporter.metadata import add_segmenter_metadata, mediapipe_problems, segmenter_metadata_for
 
     problems = mediapipe_problems(blob)
-    blob = add_segmenter_metadata(blob, **segmenter_metadata_for(run.config), check=False)
+    blob = add_segmenter_metadata(blob, **segmenter_metadata_for(config or run.config), check=False)
     if problems:
         say(f"warning: {name}: MediaPipe's ImageSegmenter cannot use this file: {'; '.join(problems)}")
     return write_artifact(run.staging, blob, name, "tflite", precision, method,

@@ -31,7 +31,8 @@ def reference(run: Run) -> dict:
 
 
 def accuracy(run: Run, artifacts: list[Artifact], ref: dict) -> list[Artifact]:
-    from exporter.output_contract import client_runner
+    from exporter.formats import CONTRACT_BASELINE
+    from exporter.output_contract import client_runner, default_of
     from exporter.parity import evaluate
     from exporter.runtimes import open_runner
 
@@ -39,8 +40,10 @@ def accuracy(run: Run, artifacts: list[Artifact], ref: dict) -> list[Artifact]:
     out = []
     for art in artifacts:
         # Under another output contract, what the client makes of the file's output (upsampled as
-        # MediaPipe's category mask is, the model's activation applied) is what is compared.
-        result = evaluate(client_runner(open_runner(run.staging / art.file), run.config), run.val.images, run.val.masks, run.config.num_classes,
+        # MediaPipe's category mask is, the model's activation applied) is what is compared; the
+        # default contract's float32 baseline (exporter.stages.export.contract_baseline_files) as is.
+        config = default_of(run.config) if art.role == CONTRACT_BASELINE else run.config
+        result = evaluate(client_runner(open_runner(run.staging / art.file), config), run.val.images, run.val.masks, run.config.num_classes,
                           reference_preds=ref["preds"],
                           reference_scores=ref["scores"] if art.precision == "float32" else None)
         extra = {"max_abs_diff": result["max_abs_diff"]} if "max_abs_diff" in result else {}
