@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from exporter.delegates import gpu_runtime, static_verdict
 from exporter.formats import CONTRACT_BASELINE, PEER
-from exporter.policy import ARM_CORE, checks, gate, meets_gate, policy_of
+from exporter.policy import ARM_CORE, checks, gate, meets_gate, policy_of, speed_baseline
 
 GPU_CPU_AGREEMENT = 0.999  # GPU vs CPU argmax agreement below which the CPU-measured accuracy is not the GPU's
 
 
 def judged(report: dict) -> dict:
-    """A report's verdicts from its measurements: {"checks": ..., "recommended": ...} (what `convert`
+    """A report's verdicts from its measurements: {"checks", "recommended", "speed_baseline"} (what `convert`
     writes, and what `exporter.report_refresh` recomputes under a changed policy)."""
     found = checks(report)
-    return {"checks": found, "recommended": recommend(report, found)}
+    base, why = speed_baseline(report)  # what the speed check divides by, and why
+    return {"checks": found, "recommended": recommend(report, found), "speed_baseline": {"file": base, "why": why}}
 
 
 def recommend(report: dict, checks: list[dict]) -> dict:

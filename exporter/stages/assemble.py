@@ -68,10 +68,6 @@ def report(run: Run, artifacts: list[Artifact], ref: dict, sections: dict, start
     if sections.get("shipped_int8"):
         out["shipped_int8"] = sections["shipped_int8"]
     out.update(judged(out))
-    from exporter.policy import speed_baseline
-
-    base, why = speed_baseline(out)
-    out["speed_baseline"] = {"file": base, "why": why}  # what the speed check divides by
     from exporter.stages.peers import section
 
     if (peer_section := section(out)) is not None:
