@@ -19,7 +19,7 @@ ARTIFACT_KEYS = {"file", "format", "precision", "method", "bytes", "latency_ms",
 @pytest.fixture(scope="module")
 def unet_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    # 160 training scenes x 4 epochs: the float model reaches a held-out mIoU near 0.95 (the check is
+    # 160 training scenes x 4 epochs: the float model reaches a held-out mIoU of 0.84 (0.95 from 240; the check is
     # > 0.6), so int8 parity is measured on a model that segments. No per-layer error table: nothing
     # here reads it (test_quant_cli checks it through the CLI).
     opts = ConvertOptions(model="unet", precisions=("float32", "int8"), out=out, bench=BenchSpec(threads=(1,)),
