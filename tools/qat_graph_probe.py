@@ -11,7 +11,6 @@ Needs `make arm-env`. Counts do not depend on the weights; the agreement does.
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from exporter.keras import keras, tf
 from architectures import build, get_spec, resolve_config
 from calibration.synthetic import synthetic_splits
 from exporter.convert.signature import export_model
