@@ -6,6 +6,7 @@ import json
 import pytest
 
 from exporter.arm import env as arm_env
+from exporter.formats import PEER
 from exporter.pipeline import BenchSpec, ConvertOptions, DataSpec, QuantSpec, convert
 from exporter.train import Schedule
 
@@ -146,7 +147,15 @@ def test_gpu_stage_runs_every_tflite_file_or_says_why(unet_run):
     for art in tflite:
         g = art["gpu"]
         assert {"device", "fully_accelerated", "precision", "agreement_with_cpu", "max_abs_diff", "fallback_ops"} <= set(g)
-        assert g["fully_accelerated"] and g["fallback_ops"] == []
+        if art.get("role") == PEER:
+            continue  # another tool's file: whatever the GPU does with it is reported, not ours to assert
+        assert g["fully_accelerated"] and g["fallback_ops"] == [], art["file"]
+    # TFLiteConverter's file of the training graph keeps the decoder's TRANSPOSE_CONV, which the GPU
+    # accelerator hands back to the CPU: the report must say so, naming the op.
+    (converter_peer,) = [a for a in tflite if a["file"].endswith("_peer-tflite.tflite")]
+    g = converter_peer["gpu"]
+    assert g["fully_accelerated"] == (g["fallback_ops"] == [])
+    assert g["fully_accelerated"] or "TRANSPOSE_CONV" in g["fallback_ops"]
     (f32,) = [a for a in tflite if a["precision"] == "float32"]
     assert f32["gpu"]["agreement_with_cpu"] >= 0.999
     assert "GPU accelerator" in report["recommended"]["gpu_basis"] and "GPU run:" in md
