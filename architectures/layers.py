@@ -237,6 +237,7 @@ class CenteredLayerNormalization(keras.layers.LayerNormalization):
         return d * tf.math.rsqrt(var + self.epsilon) * self.gamma + self.beta
 
 
+@keras.utils.register_keras_serializable(package="segexport")
 class ExactGelu(keras.layers.Layer):
     """GELU with the exact erf form, `0.5 * x * (1 + erf(x / sqrt(2)))`, as PyTorch's default.
 

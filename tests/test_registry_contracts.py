@@ -381,3 +381,18 @@ def test_wraps_for_qat_with_a_reason_per_layer(built):
     rebuilt = export_qat_model(qat, config)
     assert rebuilt.input_shape == (1, *config.input_size, 3)
     assert np.abs(rebuilt(x, training=False).numpy() - scores).max() < 1e-5
+
+
+def test_every_custom_layer_is_a_registered_keras_serializable():
+    """Clones, QAT's quantize_apply and .keras files find our layers by registered name: a class
+    that lost its decorator (one slid between a decorator and its class once) breaks them all."""
+    import inspect
+
+    from architectures import layers
+    from exporter.keras import keras
+
+    ours = [c for _, c in inspect.getmembers(layers, inspect.isclass)
+            if issubclass(c, keras.layers.Layer) and c.__module__ == layers.__name__]
+    assert ours
+    assert {c.__name__: keras.utils.get_registered_name(c) for c in ours} == {
+        c.__name__: f"segexport>{c.__name__}" for c in ours}
