@@ -260,10 +260,14 @@ def speed_baseline(report: dict) -> tuple[str, str]:
 
 def speed_ratio(report: dict, file: str, core: str = ARM_CORE) -> float | None:
     """`speed_baseline`'s instructions over `file`'s on `core`; None where either is not measured."""
-    by_file = {a["file"]: a for a in report.get("artifacts", [])}
-    base = by_file.get(speed_baseline(report)[0], {}).get("arm", {}).get(core, {}).get("instructions")
-    mine = by_file.get(file, {}).get("arm", {}).get(core, {}).get("instructions")
+    base, mine = _instructions(report, speed_baseline(report)[0], core), _instructions(report, file, core)
     return base / mine if base and mine else None
+
+
+def _instructions(report: dict, file: str, core: str = ARM_CORE) -> int | None:
+    """`file`'s measured instructions per inference on `core`, or None."""
+    art = next((a for a in report.get("artifacts", []) if a["file"] == file), {})
+    return art.get("arm", {}).get(core, {}).get("instructions")
 
 
 def _arm_ratio_check(out: _Checks, report: dict) -> None:
@@ -271,10 +275,8 @@ def _arm_ratio_check(out: _Checks, report: dict) -> None:
 
     goal = targets_for(policy_of(report))
     rec = recommend(report, list(out))
-    by_file = {a["file"]: a for a in report["artifacts"]}
     float32, why = speed_baseline(report)
-    base = by_file.get(float32, {}).get("arm", {}).get(ARM_CORE, {}).get("instructions")
-    mine = by_file.get(rec["cpu"], {}).get("arm", {}).get(ARM_CORE, {}).get("instructions")
+    base, mine = _instructions(report, float32), _instructions(report, rec["cpu"])
     what = "float32" if float32 == baseline_name(report["model"]) else float32
     name = (f"ARM {ARM_CORE}: {what} over the recommended CPU file ({rec['cpu']}) >= "
             f"{goal.min_arm_ratio}× instructions per inference")
